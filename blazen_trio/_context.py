@@ -1,0 +1,105 @@
+"""The step's view of its run: shared state, event emission, fan-in, run identity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ._events import Event, UsageEvent
+
+if TYPE_CHECKING:
+    from ._run import Invocation, Run
+
+_NO_DEFAULT: Final = object()
+
+
+class Context:
+    """Handed to each step attempt. Its API is sync: all steps of a run share one thread.
+
+    Events sent with `send_event` are committed with the step's return value when the step
+    completes; state writes apply at once and are taken back if the attempt does not complete.
+    """
+
+    __slots__ = ("_invocation", "_run")
+
+    def __init__(self, run: Run, invocation: Invocation) -> None:
+        self._run = run
+        self._invocation = invocation
+
+    # -- identity ------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    @property
+    def workflow_name(self) -> str:
+        return self._run.workflow.name
+
+    @property
+    def step_name(self) -> str:
+        return self._invocation.slot.spec.name
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt, 2 for the first retry, ..."""
+        return self._invocation.attempt
+
+    # -- state ---------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a value; it must survive the snapshot codec (checked at snapshot time)."""
+        self._run.state.set(key, value, self._invocation.undo)
+
+    def get(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+        """The value for `key`; `KeyError` if it is missing and no default is given."""
+        if default is _NO_DEFAULT:
+            return self._run.state.values[key]
+        return self._run.state.values.get(key, default)
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; `KeyError` if it is missing."""
+        self._run.state.delete(key, self._invocation.undo)
+
+    def keys(self) -> list[str]:
+        return list(self._run.state.values)
+
+    def set_object(self, key: str, value: Any) -> None:
+        """Keep a live object (a client, a connection) for the run; never snapshotted."""
+        self._run.state.objects[key] = value
+
+    def get_object(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+        if default is _NO_DEFAULT:
+            return self._run.state.objects[key]
+        return self._run.state.objects.get(key, default)
+
+    # -- events --------------------------------------------------------------------------
+
+    def send_event(self, event: Event) -> None:
+        """Emit an event besides the return value; routed when this step completes."""
+        if not isinstance(event, Event):
+            raise TypeError(f"send_event takes an Event, got {type(event).__name__}")
+        self._invocation.check_open("send_event")
+        self._invocation.sent.append(event)
+
+    def write_event_to_stream(self, event: Event) -> None:
+        """Publish an event to the run's stream subscribers; never blocks, never routed."""
+        if not isinstance(event, Event):
+            raise TypeError(f"write_event_to_stream takes an Event, got {type(event).__name__}")
+        self._run.publish(event)
+
+    def emit_usage(self, usage: UsageEvent) -> None:
+        """Add a model call's usage to the run's totals and publish it on the stream."""
+        if not isinstance(usage, UsageEvent):
+            raise TypeError(f"emit_usage takes a UsageEvent, got {type(usage).__name__}")
+        self._run.record_usage(usage)
+
+    def collect_events(self, event: Event, expected: Sequence[type[Event]]) -> list[Event] | None:
+        """Fan-in: buffer `event`; once one event per `expected` type is here, return them.
+
+        The list comes back in `expected` order; until then this returns None. Buffers are per
+        step and are part of snapshots.
+        """
+        return self._run.state.collect(
+            self._invocation.slot.spec.name, event, expected, self._invocation.undo
+        )

@@ -1,0 +1,91 @@
+"""The one error tree: every failure a user can act on is a `WorkflowError`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class WorkflowError(Exception):
+    """Root of every error blazen_trio raises on purpose."""
+
+
+class ValidationError(WorkflowError):
+    """A step or workflow definition is wrong; raised by the definer's own code.
+
+    `problems` lists every problem found, so one run of the program shows all of them.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s):\n{lines}")
+
+
+class StepFailed(WorkflowError):
+    """A step raised (after its retries); the step's exception is the `__cause__`."""
+
+    def __init__(self, step_name: str, message: str | None = None) -> None:
+        self.step_name = step_name
+        super().__init__(message or f"step {step_name!r} failed")
+
+
+class StepTimeout(StepFailed):
+    """One attempt of a step ran longer than its `timeout`; retryable like any failure."""
+
+    def __init__(self, step_name: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(step_name, f"step {step_name!r} timed out after {timeout}s")
+
+
+class WorkflowTimeout(WorkflowError):
+    """The run's active time exceeded `Workflow(timeout=...)`."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"workflow timed out after {timeout}s of active time")
+
+
+class NoHandler(WorkflowError):
+    """A step emitted an event that no step of the workflow accepts."""
+
+    def __init__(self, event_type: str, source_step: str | None = None) -> None:
+        self.event_type = event_type
+        self.source_step = source_step
+        origin = f" (emitted by step {source_step!r})" if source_step else ""
+        super().__init__(f"no step accepts event type {event_type!r}{origin}")
+
+
+class WorkflowStalled(WorkflowError):
+    """The run went idle: nothing in flight, nothing pending, no input awaited, no StopEvent."""
+
+
+class WorkflowAborted(WorkflowError):
+    """The run was aborted by `handler.abort()` or by leaving `Workflow.start`'s block."""
+
+
+class SnapshotError(WorkflowError):
+    """A snapshot could not be taken, encoded, decoded or resumed."""
+
+
+class SessionRefError(WorkflowError):
+    """A session reference is unknown, dropped, or over the registry's capacity."""
+
+
+class SessionRefsNotSerializable(SessionRefError):
+    """Live session refs could not be serialized under the workflow's pause policy."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys: tuple[str, ...] = tuple(keys)
+        super().__init__(f"session refs cannot be serialized: {', '.join(self.keys)}")
+
+
+class UnknownInputRequest(WorkflowError):
+    """`respond_to_input` named a request id that is not outstanding."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"no outstanding input request with id {request_id!r}")
+
+
+class RunFinished(WorkflowError):
+    """A control call reached a run that has already finished."""

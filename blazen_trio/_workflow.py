@@ -1,0 +1,218 @@
+"""`Workflow`: a validated set of steps, and the entry points that run it."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from ._errors import ValidationError
+from ._events import (
+    Event,
+    InputRequestEvent,
+    StartEvent,
+    StepCompleted,
+    StepErrored,
+    StepStarted,
+    StopEvent,
+    StreamLagged,
+    UsageEvent,
+    event_type_id,
+)
+from ._handler import WorkflowHandler
+from ._retry import RetryPolicy
+from ._run import Run, WorkflowResult
+from ._steps import StepSpec, _Options, read_step
+
+# Emitted for the caller or the stream, not for a step: no step needs to accept these.
+_NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (
+    StopEvent,
+    InputRequestEvent,
+    UsageEvent,
+    StepStarted,
+    StepCompleted,
+    StepErrored,
+    StreamLagged,
+)
+
+
+@attrs.frozen
+class GraphEdge:
+    """`accepts`: event type -> step; `emits`: step -> event type."""
+
+    source: str
+    target: str
+    kind: Literal["accepts", "emits"]
+
+
+@attrs.frozen
+class WorkflowGraph:
+    """The step/event graph: step names, event type ids and the edges between them."""
+
+    steps: tuple[str, ...]
+    events: tuple[str, ...]
+    edges: tuple[GraphEdge, ...]
+
+
+def _read_steps(steps: Iterable[object]) -> tuple[list[StepSpec], list[str]]:
+    specs: list[StepSpec] = []
+    problems: list[str] = []
+    for item in steps:
+        if isinstance(item, StepSpec):
+            specs.append(item)
+            continue
+        spec, found = read_step(item, _Options(), {})
+        problems.extend(found)
+        if spec is not None:
+            specs.append(spec)
+    return specs, problems
+
+
+def _check_options(name: object, timeout: object, retry: object) -> list[str]:
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append(f"workflow name must be a non-empty str, got {name!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        problems.append(f"timeout must be a number > 0 or None, got {timeout!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        problems.append(f"retry must be a RetryPolicy or None, got {retry!r}")
+    return problems
+
+
+def _graph_problems(specs: list[StepSpec]) -> list[str]:
+    """Every structural problem of a set of valid steps."""
+    problems = [
+        f"duplicate step name {name!r}"
+        for name, count in Counter(s.name for s in specs).items()
+        if count > 1
+    ]
+    accepted = [t for s in specs for t in s.accepts]
+    if not any(issubclass(t, StartEvent) for t in accepted):
+        problems.append("no step accepts the start event (StartEvent or a subclass)")
+    if not any(not s.emits_known or any(issubclass(t, StopEvent) for t in s.emits) for s in specs):
+        problems.append("no step can emit StopEvent, so no run can finish")
+    problems.extend(
+        f"step {s.name!r} accepts StopEvent, which ends the run and is never routed"
+        for s in specs
+        if any(issubclass(t, StopEvent) for t in s.accepts)
+    )
+    for s in specs:
+        for emitted in s.emits:
+            if issubclass(emitted, _NEEDS_NO_ACCEPTOR):
+                continue
+            if not any(issubclass(emitted, t) for t in accepted):
+                problems.append(
+                    f"step {s.name!r} emits {emitted.__qualname__}, which no step accepts"
+                )
+    return problems
+
+
+def _mermaid_id(prefix: str, index: int) -> str:
+    return f"{prefix}{index}"
+
+
+def _mermaid_label(text: str) -> str:
+    return re.sub(r'["<>]', "_", text)
+
+
+class Workflow:
+    """A named set of steps, validated once and run any number of times, concurrently."""
+
+    def __init__(
+        self,
+        name: str,
+        steps: Iterable[StepSpec | Any],
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        validate: bool = True,
+    ) -> None:
+        specs, problems = _read_steps(steps)
+        problems = _check_options(name, timeout, retry) + problems
+        if not specs and not problems:
+            problems.append("a workflow needs at least one step")
+        if validate and not problems:
+            problems.extend(_graph_problems(specs))
+        if problems:
+            raise ValidationError(f"workflow {name!r}: {problem}" for problem in problems)
+        self.name: str = name
+        self.steps: tuple[StepSpec, ...] = tuple(specs)
+        self.timeout = timeout
+        self.retry = retry
+        self._targets: dict[type[Event], tuple[int, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
+
+    def targets(self, event_type: type[Event]) -> tuple[int, ...]:
+        """Indices of the steps an event of this type is routed to (cached per class)."""
+        found = self._targets.get(event_type)
+        if found is None:
+            found = tuple(
+                index
+                for index, spec in enumerate(self.steps)
+                if any(issubclass(event_type, accepted) for accepted in spec.accepts)
+            )
+            self._targets[event_type] = found
+        return found
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, input: Any = None) -> WorkflowResult:
+        """Run to completion; raise the run's `WorkflowError` if it fails.
+
+        `input` is the start event if it is an Event, else wrapped as `StartEvent(data=input)`.
+        """
+        async with self.start(input) as handler:
+            return await handler.result()
+
+    @asynccontextmanager
+    async def start(self, input: Any = None) -> AsyncIterator[WorkflowHandler]:
+        """Start a run in a nursery owned by the block; leaving the block aborts a live run."""
+        run = Run(self)
+        first = input if isinstance(input, Event) else StartEvent(data=input)
+        escaping: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run.main, first)
+            try:
+                yield WorkflowHandler(run)
+            except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+                escaping = exc
+            run.abort()
+        if escaping is not None:
+            raise escaping
+
+    # -- the graph -----------------------------------------------------------------------
+
+    def graph(self) -> WorkflowGraph:
+        """The step/event graph as declared by the steps' accepts and emits."""
+        events: dict[str, None] = {}
+        edges: list[GraphEdge] = []
+        for spec in self.steps:
+            for accepted in spec.accepts:
+                events[event_type_id(accepted)] = None
+                edges.append(GraphEdge(event_type_id(accepted), spec.name, "accepts"))
+            for emitted in spec.emits:
+                events[event_type_id(emitted)] = None
+                edges.append(GraphEdge(spec.name, event_type_id(emitted), "emits"))
+        return WorkflowGraph(tuple(s.name for s in self.steps), tuple(events), tuple(edges))
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart: steps as boxes, events as rounded nodes, edges as arrows."""
+        graph = self.graph()
+        step_ids = {name: _mermaid_id("s", i) for i, name in enumerate(graph.steps)}
+        event_ids = {type_id: _mermaid_id("e", i) for i, type_id in enumerate(graph.events)}
+        lines = ["flowchart TD"]
+        lines += [f'    {event_ids[t]}(["{_mermaid_label(t)}"])' for t in graph.events]
+        lines += [f'    {step_ids[s]}["{_mermaid_label(s)}"]' for s in graph.steps]
+        for edge in graph.edges:
+            if edge.kind == "accepts":
+                lines.append(f"    {event_ids[edge.source]} --> {step_ids[edge.target]}")
+            else:
+                lines.append(f"    {step_ids[edge.source]} --> {event_ids[edge.target]}")
+        return "\n".join(lines) + "\n"
