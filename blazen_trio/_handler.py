@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import attrs
 
+from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
 from ._errors import WorkflowError
+from ._history import HistoryEntry
 from ._run import Run, RunStatus, Usage, WorkflowResult
 
 
@@ -30,6 +32,24 @@ class WorkflowHandler:
     @property
     def cost_usd(self) -> float:
         return self._run.cost_usd
+
+    @property
+    def history(self) -> tuple[HistoryEntry, ...] | None:
+        """The run's history so far (None unless `Workflow(history=True)`)."""
+        return self._run.history_view
+
+    def stream_events(self, *, buffer: int = DEFAULT_BUFFER, replay: bool = False) -> EventStream:
+        """Subscribe to the run's stream now; iterate it (optionally inside `async with`).
+
+        A subscriber more than `buffer` events behind loses the oldest and then gets a
+        `StreamLagged(missed=n)`. With `replay=True` it starts from the oldest event the run
+        still keeps (`Workflow(stream_replay=N)`). The stream ends after the run ends, with the
+        StopEvent last on success.
+        """
+        return self._run.broadcast.subscribe(buffer, replay)
+
+    def stream_statistics(self) -> StreamStatistics:
+        return self._run.broadcast.statistics()
 
     async def result(self) -> WorkflowResult:
         """Wait for the run to end; return its result or raise its `WorkflowError`.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ._broadcast import Broadcast
 from ._context import Context
 from ._errors import (
     NoHandler,
@@ -30,7 +31,16 @@ from ._errors import (
     WorkflowStalled,
     WorkflowTimeout,
 )
-from ._events import Event, StopEvent, UsageEvent, event_type_id
+from ._events import (
+    Event,
+    StepCompleted,
+    StepErrored,
+    StepStarted,
+    StopEvent,
+    UsageEvent,
+    event_type_id,
+)
+from ._history import History, HistoryEntry, HistoryKind
 from ._retry import RetryPolicy
 from ._state import RunState, UndoLog
 from ._steps import StepSpec
@@ -75,6 +85,7 @@ class WorkflowResult:
     run_id: str
     usage: Usage
     cost_usd: float
+    history: tuple[HistoryEntry, ...] | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -157,6 +168,10 @@ class Run:
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
         self.finished = trio.Event()
+        self.broadcast = Broadcast(workflow.stream_replay)
+        self.history = History(workflow.history_limit) if workflow.history else None
+        self._lifecycle = workflow.publish_lifecycle
+        self._observed = self._lifecycle or self.history is not None
         self._slots = [
             StepSlot(
                 spec,
@@ -177,8 +192,11 @@ class Run:
 
     # -- the run's task ------------------------------------------------------------------
 
-    async def main(self, first: Event, *, task_status: trio.TaskStatus[None]) -> None:
-        """Run until the first StopEvent, a failure, the timeout or cancellation."""
+    async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run until the first StopEvent, a failure, the timeout or cancellation.
+
+        Nothing is routed until `begin`, so the starter can subscribe to the stream first.
+        """
         try:
             with self._scope:
                 if self.workflow.timeout is not None:
@@ -187,9 +205,13 @@ class Run:
                     self._nursery = nursery
                     nursery.start_soon(self._serve_inbox)
                     task_status.started()
-                    self.spawn(self._route([first], source=None))
         finally:
             self._settle()
+
+    def begin(self, first: Event) -> None:
+        """Route the start event; its steps run at the starter's next checkpoint."""
+        self._record(HistoryKind.RUN_STARTED)
+        self.spawn(self._route([first], source=None))
 
     def _settle(self) -> None:
         if self.outcome is None:
@@ -222,16 +244,26 @@ class Run:
     async def _execute(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
         while True:
+            started = self._step_started(invocation) if self._observed else 0.0
             error, output = await self._attempt(invocation)
             if error is None:
-                return self._complete(invocation, output)
+                events = self._outputs(invocation, output)
+                if events is None:
+                    return None
+                if self._observed:
+                    self._step_completed(invocation, started)
+                return self._complete(invocation, events)
+            if self._observed:
+                self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
             invocation.sent.clear()
             policy = invocation.slot.retry
             if policy is None or not policy.should_retry(error, invocation.attempt):
                 self.fail(_step_failure(spec, error))
                 return None
-            await trio.sleep(policy.delay_before(invocation.attempt + 1))
+            delay = policy.delay_before(invocation.attempt + 1)
+            self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt + 1)
+            await trio.sleep(delay)
             invocation.attempt += 1
 
     async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
@@ -252,11 +284,8 @@ class Run:
         assert scope.cancelled_caught
         return StepTimeout(spec.name, spec.timeout or 0.0), None
 
-    def _complete(self, invocation: Invocation, output: object) -> Invocation | None:
+    def _complete(self, invocation: Invocation, events: list[Event]) -> Invocation | None:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
-        events = self._outputs(invocation, output)
-        if events is None:
-            return None
         invocation.closed = True
         if self._inbox_backlog:
             self._defer(_QueuedCommit(invocation, events))
@@ -296,6 +325,10 @@ class Run:
                 break
             self._seq += 1
             envelope = Envelope(event, self._seq, source)
+            if self.history is not None:
+                self._record(
+                    HistoryKind.EVENT_RECEIVED, step=source, event_type=event_type_id(event)
+                )
             if isinstance(event, StopEvent):
                 self._complete_run(event)
                 break
@@ -353,21 +386,57 @@ class Run:
         self._inbox_backlog += 1
         self._inbox_send.send_nowait(message)
 
-    # -- stream and usage ----------------------------------------------------------------
+    # -- stream, usage, lifecycle and history -------------------------------------------
 
     def publish(self, event: Event) -> None:
-        """Hand an event to the stream subscribers (none yet in the core)."""
+        self.broadcast.publish(event)
 
     def record_usage(self, usage: UsageEvent) -> None:
         self.usage += usage
         self.cost_usd += usage.cost_usd
         self.publish(usage)
 
+    def _record(self, kind: HistoryKind, **fields: Any) -> None:
+        if self.history is not None:
+            self.history.record(kind, **fields)
+
+    def _step_started(self, invocation: Invocation) -> float:
+        name = invocation.slot.spec.name
+        event_type = event_type_id(invocation.envelope.event)
+        self._record(
+            HistoryKind.STEP_DISPATCHED,
+            step=name,
+            event_type=event_type,
+            attempt=invocation.attempt,
+        )
+        if self._lifecycle:
+            self.publish(StepStarted(step=name, event_type=event_type, attempt=invocation.attempt))
+        return trio.current_time()
+
+    def _step_completed(self, invocation: Invocation, started: float) -> None:
+        name = invocation.slot.spec.name
+        duration = trio.current_time() - started
+        self._record(HistoryKind.STEP_COMPLETED, step=name, duration=duration)
+        if self._lifecycle:
+            self.publish(StepCompleted(step=name, duration=duration))
+
+    def _step_errored(self, invocation: Invocation, error: Exception, started: float) -> None:
+        name = invocation.slot.spec.name
+        text = f"{type(error).__name__}: {error}"
+        self._record(
+            HistoryKind.STEP_FAILED,
+            step=name,
+            attempt=invocation.attempt,
+            duration=trio.current_time() - started,
+            detail=text,
+        )
+        if self._lifecycle:
+            self.publish(StepErrored(step=name, error=text, attempt=invocation.attempt))
+
     # -- the end -------------------------------------------------------------------------
 
     def _complete_run(self, stop: StopEvent) -> None:
-        result = WorkflowResult(stop.result, stop, self.run_id, self.usage, self.cost_usd)
-        self._finish(result, RunStatus.COMPLETED)
+        self._finish(stop, RunStatus.COMPLETED)
 
     def fail(self, error: WorkflowError) -> None:
         self._finish(error, RunStatus.FAILED)
@@ -375,13 +444,36 @@ class Run:
     def abort(self) -> None:
         self._finish(WorkflowAborted(f"run {self.run_id} was aborted"), RunStatus.ABORTED)
 
-    def _finish(self, outcome: WorkflowResult | WorkflowError, status: RunStatus) -> None:
+    def _finish(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
         """First outcome wins; cancelling the scope stops every task of the run."""
         if self.outcome is not None:
             return
-        self.outcome = outcome
+        if self.history is not None:
+            self._record_end(outcome, status)
+        if isinstance(outcome, StopEvent):
+            self.publish(outcome)  # the last event on the stream: closed right below
+            self.outcome = WorkflowResult(
+                outcome.result, outcome, self.run_id, self.usage, self.cost_usd, self.history_view
+            )
+        else:
+            self.outcome = outcome
         self.status = status
         self._scope.cancel()
+        self.broadcast.close()
+
+    @property
+    def history_view(self) -> tuple[HistoryEntry, ...] | None:
+        return tuple(self.history.entries) if self.history is not None else None
+
+    def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
+        if isinstance(outcome, WorkflowTimeout):
+            self._record(HistoryKind.TIMED_OUT, detail=str(outcome))
+        elif status is RunStatus.COMPLETED:
+            self._record(HistoryKind.COMPLETED)
+        elif status is RunStatus.ABORTED:
+            self._record(HistoryKind.ABORTED, detail=str(outcome))
+        else:
+            self._record(HistoryKind.FAILED, detail=str(outcome))
 
     def check_running(self, what: str) -> None:
         if self.outcome is not None:

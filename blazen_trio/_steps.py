@@ -11,6 +11,7 @@ from typing import Any, overload
 
 import attrs
 
+from ._checks import is_count, is_optional_duration
 from ._errors import ValidationError
 from ._events import Event
 from ._retry import RetryPolicy
@@ -159,12 +160,10 @@ class _SignatureReader:
         if options.name is not None and (not isinstance(options.name, str) or not options.name):
             self.problem("name must be a non-empty str")
         limit = options.max_concurrency
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-        ):
+        if limit is not None and not is_count(limit, 1):
             self.problem(f"max_concurrency must be an int >= 1 or None, got {limit!r}")
         timeout = options.timeout
-        if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        if not is_optional_duration(timeout):
             self.problem(f"timeout must be a number > 0 or None, got {timeout!r}")
         retry: object = options.retry  # typed, but callers may not be type-checked
         if retry is not None and not isinstance(retry, RetryPolicy):

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from ._broadcast import DEFAULT_REPLAY
+from ._checks import is_count, is_optional_duration
 from ._errors import ValidationError
 from ._events import (
     Event,
@@ -25,6 +27,7 @@ from ._events import (
     event_type_id,
 )
 from ._handler import WorkflowHandler
+from ._history import DEFAULT_HISTORY_LIMIT
 from ._retry import RetryPolicy
 from ._run import Run, WorkflowResult
 from ._steps import StepSpec, _Options, read_step
@@ -73,11 +76,17 @@ def _read_steps(steps: Iterable[object]) -> tuple[list[StepSpec], list[str]]:
     return specs, problems
 
 
-def _check_options(name: object, timeout: object, retry: object) -> list[str]:
+def _check_options(
+    name: object, timeout: object, retry: object, history_limit: object, stream_replay: object
+) -> list[str]:
     problems = []
+    if not is_count(history_limit, 1):
+        problems.append(f"history_limit must be an int >= 1, got {history_limit!r}")
+    if not is_count(stream_replay, 0):
+        problems.append(f"stream_replay must be an int >= 0, got {stream_replay!r}")
     if not isinstance(name, str) or not name:
         problems.append(f"workflow name must be a non-empty str, got {name!r}")
-    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+    if not is_optional_duration(timeout):
         problems.append(f"timeout must be a number > 0 or None, got {timeout!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):
         problems.append(f"retry must be a RetryPolicy or None, got {retry!r}")
@@ -130,10 +139,14 @@ class Workflow:
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        history: bool = False,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        publish_lifecycle: bool = False,
+        stream_replay: int = DEFAULT_REPLAY,
         validate: bool = True,
     ) -> None:
         specs, problems = _read_steps(steps)
-        problems = _check_options(name, timeout, retry) + problems
+        problems = _check_options(name, timeout, retry, history_limit, stream_replay) + problems
         if not specs and not problems:
             problems.append("a workflow needs at least one step")
         if validate and not problems:
@@ -144,6 +157,10 @@ class Workflow:
         self.steps: tuple[StepSpec, ...] = tuple(specs)
         self.timeout = timeout
         self.retry = retry
+        self.history = history
+        self.history_limit = history_limit
+        self.publish_lifecycle = publish_lifecycle
+        self.stream_replay = stream_replay
         self._targets: dict[type[Event], tuple[int, ...]] = {}
 
     def __repr__(self) -> str:
@@ -178,9 +195,11 @@ class Workflow:
         first = input if isinstance(input, Event) else StartEvent(data=input)
         escaping: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            await nursery.start(run.main, first)
+            await nursery.start(run.main)
+            handler = WorkflowHandler(run)
+            run.begin(first)
             try:
-                yield WorkflowHandler(run)
+                yield handler
             except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
                 escaping = exc
             run.abort()

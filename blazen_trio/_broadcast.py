@@ -1,0 +1,155 @@
+"""Fan-out of a run's stream events to any number of subscribers, lossy but never silent.
+
+One ring of recent events is shared by all subscribers; each keeps its own cursor. Publishing is
+O(1) whatever the number of subscribers, never blocks, and memory is bounded by the largest
+subscriber buffer (or the replay size). A subscriber further behind than its own buffer skips
+to the newest `buffer` events and is told how many it missed with a `StreamLagged` event.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from types import TracebackType
+
+import attrs
+import trio
+
+from ._checks import is_count
+from ._events import Event, StreamLagged
+
+DEFAULT_BUFFER = 1024
+DEFAULT_REPLAY = 1024
+
+
+@attrs.frozen
+class StreamStatistics:
+    """A view of a run's stream: live subscribers, events published, events kept."""
+
+    subscribers: int
+    published: int
+    kept: int
+
+
+class Broadcast:
+    """The ring and the wake-up point shared by one run's subscribers."""
+
+    def __init__(self, replay: int = DEFAULT_REPLAY) -> None:
+        self._ring: deque[Event] = deque()
+        self._first_seq = 1  # sequence number of self._ring[0]
+        self._last_seq = 0  # sequence number of the newest event published
+        self._replay = replay
+        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._capacity = replay
+        self._new_events = trio.lowlevel.ParkingLot()
+        self.closed = False
+
+    def publish(self, event: Event) -> None:
+        """Add an event for every subscriber; never blocks."""
+        if self.closed:
+            return
+        self._last_seq += 1
+        self._ring.append(event)
+        if len(self._ring) > self._capacity:
+            self._trim()
+        if self._new_events:
+            self._new_events.unpark_all()
+
+    def close(self) -> None:
+        """The run ended: subscribers drain what they hold, then their iteration ends."""
+        self.closed = True
+        self._new_events.unpark_all()
+
+    def subscribe(self, buffer: int, replay: bool) -> EventStream:
+        if not is_count(buffer, 1):
+            raise ValueError(f"stream buffer must be an int >= 1, got {buffer!r}")
+        start = self._first_seq if replay else self._last_seq + 1
+        stream = EventStream(self, buffer, start)
+        if not self.closed or replay:
+            self._subscribers.add(stream)
+            self._capacity = max(self._capacity, buffer)
+        return stream
+
+    def unsubscribe(self, stream: EventStream) -> None:
+        self._subscribers.discard(stream)
+        self._capacity = max([self._replay, *(s.buffer for s in self._subscribers)])
+        self._trim()
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(len(self._subscribers), self._last_seq, len(self._ring))
+
+    def _trim(self) -> None:
+        excess = len(self._ring) - self._capacity
+        for _ in range(excess):
+            self._ring.popleft()
+        if excess > 0:
+            self._first_seq += excess
+
+    def read(self, stream: EventStream) -> Event | None:
+        """The subscriber's next event (or its StreamLagged notice); None if it is caught up."""
+        oldest_allowed = max(self._first_seq, self._last_seq - stream.buffer + 1)
+        if stream.next_seq < oldest_allowed:
+            missed = oldest_allowed - stream.next_seq
+            stream.next_seq = oldest_allowed
+            return StreamLagged(missed=missed)
+        if stream.next_seq > self._last_seq:
+            return None
+        event = self._ring[stream.next_seq - self._first_seq]
+        stream.last_sequence = stream.next_seq
+        stream.next_seq += 1
+        return event
+
+    async def wait_for_events(self) -> None:
+        await self._new_events.park()
+
+
+class EventStream:
+    """A subscription to a run's stream: an async iterator and an async context manager.
+
+    Subscribed when created, so nothing published afterwards is missed. Ends once the run has
+    ended and everything it holds was read. `last_sequence` is the run-wide sequence number of
+    the last event yielded (1 for the first event the run published).
+    """
+
+    def __init__(self, broadcast: Broadcast, buffer: int, next_seq: int) -> None:
+        self._broadcast = broadcast
+        self.buffer = buffer
+        self.next_seq = next_seq
+        self.last_sequence = next_seq - 1
+        self._closed = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._closed:
+            event = self._broadcast.read(self)
+            if event is not None:
+                await trio.lowlevel.checkpoint()
+                return event
+            if self._broadcast.closed:
+                break
+            await self._broadcast.wait_for_events()
+        self.close()
+        raise StopAsyncIteration
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def aclose(self) -> None:
+        """Leave the stream; the run stops keeping events for this subscriber."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._broadcast.unsubscribe(self)

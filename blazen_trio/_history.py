@@ -1,0 +1,86 @@
+"""The run's own append-only history (with `Workflow(history=True)`), bounded in memory."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from enum import StrEnum
+
+import msgspec
+
+from ._checks import is_count
+
+DEFAULT_HISTORY_LIMIT = 100_000
+
+
+class HistoryKind(StrEnum):
+    """What a history entry records."""
+
+    RUN_STARTED = "run_started"
+    RUN_RESUMED = "run_resumed"
+    EVENT_RECEIVED = "event_received"
+    STEP_DISPATCHED = "step_dispatched"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    STEP_RETRIED = "step_retried"
+    INPUT_REQUESTED = "input_requested"
+    INPUT_RECEIVED = "input_received"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    ABORTED = "aborted"
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One thing that happened in a run; `sequence` strictly increases within the run.
+
+    A msgspec Struct (not attrs) because history travels inside snapshots as-is.
+    """
+
+    sequence: int
+    kind: HistoryKind
+    timestamp: float
+    step: str | None = None
+    event_type: str | None = None
+    attempt: int | None = None
+    duration: float | None = None
+    detail: str | None = None
+
+
+class History:
+    """Keeps the newest `limit` entries; `dropped` counts the older ones let go."""
+
+    def __init__(self, limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        if not is_count(limit, 1):
+            raise ValueError(f"history limit must be an int >= 1, got {limit!r}")
+        self.entries: deque[HistoryEntry] = deque(maxlen=limit)
+        self.dropped = 0
+        self._sequence = 0
+
+    def record(
+        self,
+        kind: HistoryKind,
+        *,
+        step: str | None = None,
+        event_type: str | None = None,
+        attempt: int | None = None,
+        duration: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self._sequence += 1
+        if len(self.entries) == self.entries.maxlen:
+            self.dropped += 1
+        self.entries.append(
+            HistoryEntry(
+                sequence=self._sequence,
+                kind=kind,
+                timestamp=time.time(),
+                step=step,
+                event_type=event_type,
+                attempt=attempt,
+                duration=duration,
+                detail=detail,
+            )
+        )

@@ -1,0 +1,89 @@
+"""Example workflow: fetch documents in parallel, count their words, report.
+
+Shows fan-out (a list return), `max_concurrency`, fan-in with `collect_events`, shared state,
+usage accounting, and a subscriber printing the run's stream as it happens.
+
+    python examples/word_report.py
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import trio
+
+import blazen_trio as bz
+
+DOCUMENTS = {
+    "trio": "structured concurrency makes async code readable and cancellation reliable",
+    "msgspec": "fast serialization and validation of structured data for python",
+    "attrs": "classes without boilerplate python classes with attributes done right",
+    "blazen": "event driven pausable workflows with snapshots streaming and resume",
+}
+
+
+class FetchDocument(bz.Event):
+    name: str
+
+
+class DocumentCounted(bz.Event):
+    name: str
+    words: dict[str, int]
+
+
+class Progress(bz.Event):
+    message: str
+
+
+@bz.step
+async def plan(ctx: bz.Context, ev: bz.StartEvent) -> list[FetchDocument]:
+    names = sorted(ev.data["documents"])
+    ctx.set("expected", len(names))
+    ctx.write_event_to_stream(Progress(message=f"planning {len(names)} documents"))
+    return [FetchDocument(name=name) for name in names]
+
+
+@bz.step(max_concurrency=2, timeout=5.0, retry=bz.RetryPolicy(max_attempts=3, initial_delay=0.1))
+async def count_words(ctx: bz.Context, ev: FetchDocument) -> DocumentCounted:
+    await trio.sleep(0.05)  # stands in for network I/O
+    text = DOCUMENTS[ev.name]
+    ctx.emit_usage(bz.UsageEvent(provider="local", model="counter", total_tokens=len(text.split())))
+    ctx.write_event_to_stream(Progress(message=f"counted {ev.name}"))
+    return DocumentCounted(name=ev.name, words=dict(Counter(text.split())))
+
+
+@bz.step
+async def report(ctx: bz.Context, ev: DocumentCounted) -> bz.StopEvent | None:
+    expected = [DocumentCounted] * ctx.get("expected")
+    counted = ctx.collect_events(ev, expected)
+    if counted is None:
+        return None
+    total: Counter[str] = Counter()
+    for document in counted:
+        assert isinstance(document, DocumentCounted)
+        total.update(document.words)
+    return bz.StopEvent(result={"documents": len(counted), "top": total.most_common(3)})
+
+
+workflow = bz.Workflow("word-report", [plan, count_words, report], publish_lifecycle=True)
+
+
+async def main() -> None:
+    async with workflow.start({"documents": list(DOCUMENTS)}) as handler:
+        async for event in handler.stream_events():
+            match event:
+                case Progress(message=message):
+                    print(f"progress  {message}")
+                case bz.StepCompleted(step=step, duration=duration):
+                    print(f"completed {step} in {duration * 1000:.0f} ms")
+                case bz.UsageEvent(total_tokens=tokens):
+                    print(f"usage     {tokens} tokens")
+                case bz.StopEvent():
+                    print("stopped")
+        result = await handler.result()
+    print(f"result    {result.result}")
+    print(f"tokens    {result.usage.total_tokens} in run {result.run_id}")
+
+
+if __name__ == "__main__":
+    trio.run(main)
