@@ -1,5 +1,6 @@
 """blazen_trio: an event-driven, pausable workflow engine for Trio applications."""
 
+from ._broadcast import EventStream as EventStream, StreamStatistics as StreamStatistics
 from ._context import Context as Context
 from ._errors import (
     NoHandler as NoHandler,
@@ -77,6 +78,14 @@ from ._events import (
     event_type_id as event_type_id,
 )
 from ._handler import WorkflowHandler as WorkflowHandler
+from ._history import HistoryEntry as HistoryEntry, HistoryKind as HistoryKind
+from ._refs import (
+    RefLifetime as RefLifetime,
+    SessionPausePolicy as SessionPausePolicy,
+    SessionRef as SessionRef,
+    SessionRefRegistry as SessionRefRegistry,
+    SessionRefSerializable as SessionRefSerializable,
+)
 from ._retry import RetryPolicy as RetryPolicy
 from ._run import RunStatus as RunStatus
 from ._run import Usage as Usage

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._events import Event, UsageEvent
 
 if TYPE_CHECKING:
+    from ._refs import SessionRefRegistry
     from ._run import Invocation, Run
 
 _NO_DEFAULT: Final = object()
@@ -72,6 +73,11 @@ class Context:
         if default is _NO_DEFAULT:
             return self._run.state.objects[key]
         return self._run.state.objects.get(key, default)
+
+    @property
+    def refs(self) -> SessionRefRegistry:
+        """The run's registry of live objects that events refer to by `SessionRef`."""
+        return self._run.refs
 
     # -- events --------------------------------------------------------------------------
 

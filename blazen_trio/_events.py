@@ -33,6 +33,8 @@ class _EventMeta(StructMeta):
         type_id: str | None = None,
         **struct_options: Any,
     ) -> _EventMeta:
+        # msgspec applies kw_only to the fields a class declares, so every Event class needs it.
+        struct_options.setdefault("kw_only", True)
         cls = super().__new__(mcls, name, bases, namespace, **struct_options)
         if type_id is not None and (not isinstance(type_id, str) or not type_id):
             raise ValidationError(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
+from ._control import Pause, RespondToInput, Resume, TakeSnapshot
 from ._errors import WorkflowError
 from ._history import HistoryEntry
+from ._events import InputRequestEvent
 from ._run import Run, RunStatus, Usage, WorkflowResult
+
+if TYPE_CHECKING:
+    from ._snapshot import WorkflowSnapshot
 
 
 @attrs.define(eq=False)
@@ -62,6 +69,43 @@ class WorkflowHandler:
             raise outcome.with_traceback(None)
         assert outcome is not None
         return outcome
+
+    @property
+    def pending_input_requests(self) -> tuple[InputRequestEvent, ...]:
+        """Input requests not answered yet, oldest first."""
+        requests = (envelope.event for envelope in self._run.input_requests.values())
+        return tuple(r for r in requests if isinstance(r, InputRequestEvent))
+
+    async def pause(self, *, cancel_in_flight: bool = False) -> None:
+        """Stop dispatching and return once no step is running.
+
+        By default in-flight steps finish and their outputs wait as pending events. With
+        `cancel_in_flight=True` they are cancelled, their effects undone, and their input
+        events wait to be re-run. Paused time does not count toward the workflow timeout.
+        Raises `RunFinished` if the run ends (or is resumed) before it is quiescent.
+        """
+        await self._run.command(Pause(cancel_in_flight=cancel_in_flight))
+
+    async def resume(self) -> None:
+        """Continue a paused run in place; does nothing to a run that is not paused."""
+        await self._run.command(Resume())
+
+    async def snapshot(self) -> WorkflowSnapshot:
+        """Everything needed to resume the run elsewhere.
+
+        Exact when paused; on a running run steps in flight are recorded as pending work and
+        run again on resume (at-least-once). Raises `SnapshotError` (or
+        `SessionRefsNotSerializable`) when a value or a live ref cannot be serialized.
+        """
+        snapshot: WorkflowSnapshot = await self._run.command(TakeSnapshot())
+        return snapshot
+
+    async def respond_to_input(self, request_id: str, response: object) -> None:
+        """Answer an outstanding input request; its `InputResponseEvent` is routed.
+
+        Raises `UnknownInputRequest` (and changes nothing) for an id that is not outstanding.
+        """
+        await self._run.command(RespondToInput(request_id=request_id, response=response))
 
     async def abort(self) -> None:
         """Cancel every task of the run and return once all have exited.

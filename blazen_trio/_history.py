@@ -59,6 +59,15 @@ class History:
         self.dropped = 0
         self._sequence = 0
 
+    @classmethod
+    def restore(cls, entries: list[HistoryEntry], limit: int) -> History:
+        """A history going on from a snapshot's entries, sequence numbers continuing."""
+        history = cls(limit)
+        history.entries.extend(entries)
+        history.dropped = max(0, len(entries) - limit)
+        history._sequence = entries[-1].sequence if entries else 0
+        return history
+
     def record(
         self,
         kind: HistoryKind,

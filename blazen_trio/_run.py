@@ -1,7 +1,7 @@
-"""The run loop: one nursery per run, one cancel scope per step attempt.
+"""The run loop: one nursery per run, one cancel scope per step invocation.
 
 Events are routed when the step that emitted them completes. A step invocation runs in a
-worker task; when its commit yields new work and nothing is waiting in the inbox, the same
+worker task; when its commit yields new work and no command is waiting in the inbox, the same
 worker carries on with it (a chain of steps costs no task spawn per step). The inbox, a memory
 channel, carries control commands and the commits queued behind them, so the run sees one total
 order of commits and commands. See docs/architecture.md.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +21,13 @@ import trio
 
 from ._broadcast import Broadcast
 from ._context import Context
+from ._control import Command, Message, QueuedCommit, Reply
 from ._errors import (
     NoHandler,
     RunFinished,
     StepFailed,
     StepTimeout,
+    UnknownInputRequest,
     WorkflowAborted,
     WorkflowError,
     WorkflowStalled,
@@ -33,6 +35,8 @@ from ._errors import (
 )
 from ._events import (
     Event,
+    InputRequestEvent,
+    InputResponseEvent,
     StepCompleted,
     StepErrored,
     StepStarted,
@@ -41,12 +45,19 @@ from ._events import (
     event_type_id,
 )
 from ._history import History, HistoryEntry, HistoryKind
+from ._refs import RefLifetime, SessionRefRegistry
 from ._retry import RetryPolicy
 from ._state import RunState, UndoLog
 from ._steps import StepSpec
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
+
+InputHandler = Callable[[InputRequestEvent], Awaitable[Any]]
+
+# Source step recorded for responses that came from outside the run.
+HUMAN_INPUT = "__human_input"
+INPUT_HANDLER = "__input_handler"
 
 
 class RunStatus(StrEnum):
@@ -78,7 +89,11 @@ class Usage:
 
 @attrs.frozen
 class WorkflowResult:
-    """What a completed run produced."""
+    """What a completed run produced.
+
+    `session_refs` holds the live objects of refs inserted with
+    `RefLifetime.UNTIL_EXPLICIT_DROP`, which outlive the run by design.
+    """
 
     result: Any
     event: StopEvent
@@ -86,6 +101,7 @@ class WorkflowResult:
     usage: Usage
     cost_usd: float
     history: tuple[HistoryEntry, ...] | None = None
+    session_refs: dict[str, Any] = attrs.Factory(dict)
 
 
 @attrs.define(eq=False, slots=True)
@@ -117,6 +133,7 @@ class Invocation:
     undo: UndoLog = attrs.Factory(list)
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
+    scope: trio.CancelScope | None = None
 
     def check_open(self, what: str) -> None:
         if self.closed:
@@ -124,20 +141,6 @@ class Invocation:
                 f"{what} called after step {self.slot.spec.name!r} completed; "
                 "keep using the Context only inside the step"
             )
-
-
-@attrs.frozen
-class _QueuedCommit:
-    """A completed step's outputs, waiting behind a control command in the inbox."""
-
-    invocation: Invocation
-    events: list[Event]
-
-    def apply(self, run: Run) -> None:
-        run.spawn(run.commit(self.invocation, self.events))
-
-
-_Message = _QueuedCommit
 
 
 def _bad_return(spec: StepSpec, output: object) -> StepFailed:
@@ -148,21 +151,51 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
     )
 
 
-def _step_failure(spec: StepSpec, error: Exception) -> StepFailed:
-    if isinstance(error, StepFailed) and error.step_name == spec.name:
+def _failure(step_name: str, error: Exception) -> StepFailed:
+    if isinstance(error, StepFailed) and error.step_name == step_name:
         return error  # our own StepTimeout: already names the step
-    failure = StepFailed(spec.name, f"step {spec.name!r} failed: {type(error).__name__}: {error}")
+    failure = StepFailed(step_name, f"step {step_name!r} failed: {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure
+
+
+class _ActiveClock:
+    """Active run time: stops while paused or only waiting for input; drives the timeout."""
+
+    def __init__(self, scope: trio.CancelScope, timeout: float | None, used: float) -> None:
+        self._scope = scope
+        self._timeout = timeout
+        self._used = used
+        self._since: float | None = None
+
+    @property
+    def used(self) -> float:
+        running = trio.current_time() - self._since if self._since is not None else 0.0
+        return self._used + running
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = trio.current_time()
+            if self._timeout is not None:
+                self._scope.deadline = self._since + self._timeout - self._used
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self._used = self.used
+            self._since = None
+            self._scope.deadline = math.inf
 
 
 class Run:
     """The state and tasks of one workflow run; driven by `Workflow.start`."""
 
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(
+        self, workflow: Workflow, *, run_id: str | None = None, active_time: float = 0.0
+    ) -> None:
         self.workflow = workflow
-        self.run_id = str(uuid.uuid4())
+        self.run_id = run_id or str(uuid.uuid4())
         self.state = RunState()
+        self.refs = SessionRefRegistry()
         self.status = RunStatus.RUNNING
         self.usage = Usage()
         self.cost_usd = 0.0
@@ -170,9 +203,13 @@ class Run:
         self.finished = trio.Event()
         self.broadcast = Broadcast(workflow.stream_replay)
         self.history = History(workflow.history_limit) if workflow.history else None
+        # Outstanding input requests by id, in the order they were made.
+        self.input_requests: dict[str, Envelope] = {}
+        # Filled by blazen_trio.testing: (step name, input event) of every committed invocation.
+        self.commit_log: list[tuple[str, Event]] | None = None
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
-        self._slots = [
+        self.slots = [
             StepSlot(
                 spec,
                 spec.retry or workflow.retry,
@@ -180,14 +217,18 @@ class Run:
             )
             for spec in workflow.steps
         ]
-        self._in_flight: set[Invocation] = set()
+        self.in_flight: set[Invocation] = set()
         self._queued = 0
         self._seq = 0
+        self._paused = False
+        self._pause_replies: list[Reply[None]] = []
+        self._answering: dict[str, trio.CancelScope] = {}
         self._scope = trio.CancelScope()
+        self.clock = _ActiveClock(self._scope, workflow.timeout, active_time)
         self._nursery: trio.Nursery | None = None
         # Unbounded on purpose: a step's commit must never block or be dropped, and what waits
-        # here is bounded by the commands a caller sent plus the commits queued behind them.
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
+        # here is bounded by the commands callers sent plus the commits queued behind them.
+        self._inbox_send, self._inbox = trio.open_memory_channel[Message](math.inf)
         self._inbox_backlog = 0
 
     # -- the run's task ------------------------------------------------------------------
@@ -195,18 +236,20 @@ class Run:
     async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Run until the first StopEvent, a failure, the timeout or cancellation.
 
-        Nothing is routed until `begin`, so the starter can subscribe to the stream first.
+        Nothing is routed until `begin` or `restore`, so the starter can subscribe first.
         """
         try:
             with self._scope:
-                if self.workflow.timeout is not None:
-                    self._scope.relative_deadline = self.workflow.timeout
+                self.clock.start()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._serve_inbox)
                     task_status.started()
         finally:
             self._settle()
+
+    def record_resumed(self) -> None:
+        self._record(HistoryKind.RUN_RESUMED)
 
     def begin(self, first: Event) -> None:
         """Route the start event; its steps run at the starter's next checkpoint."""
@@ -220,12 +263,25 @@ class Run:
             else:
                 self._finish(WorkflowAborted(f"run {self.run_id} was cancelled"), RunStatus.ABORTED)
         self._inbox_send.close()
+        ended = RunFinished(f"run {self.run_id} ended ({self.status})")
+        while True:
+            try:
+                self._inbox.receive_nowait().reject(ended)
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
         self.finished.set()
 
     async def _serve_inbox(self) -> None:
         async for message in self._inbox:
             self._inbox_backlog -= 1
             message.apply(self)
+
+    async def command(self, command: Command[Any]) -> Any:
+        """Send a control command through the inbox and wait for the run's answer."""
+        self.check_running(type(command).__name__.lower())
+        self._inbox_backlog += 1
+        self._inbox_send.send_nowait(command)
+        return await command.reply.wait()
 
     def spawn(self, ready: Sequence[Invocation]) -> None:
         assert self._nursery is not None
@@ -242,6 +298,21 @@ class Run:
     # -- one invocation ------------------------------------------------------------------
 
     async def _execute(self, invocation: Invocation) -> Invocation | None:
+        """Run one invocation to its commit; a pause may send it back to its queue."""
+        if self.outcome is not None:  # the run ended before this invocation started
+            return None
+        if self._paused:  # dispatched before the pause but not started: it waits
+            self._requeue(invocation)
+            return None
+        with trio.CancelScope() as scope:
+            invocation.scope = scope
+            following = await self._attempts(invocation)
+        if scope.cancelled_caught:  # pause(cancel_in_flight=True)
+            self._requeue(invocation)
+            return None
+        return following
+
+    async def _attempts(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
@@ -259,12 +330,11 @@ class Run:
             invocation.sent.clear()
             policy = invocation.slot.retry
             if policy is None or not policy.should_retry(error, invocation.attempt):
-                self.fail(_step_failure(spec, error))
+                self.fail(_failure(spec.name, error))
                 return None
-            delay = policy.delay_before(invocation.attempt + 1)
-            self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt + 1)
-            await trio.sleep(delay)
             invocation.attempt += 1
+            self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt)
+            await trio.sleep(policy.delay_before(invocation.attempt))
 
     async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
         spec = invocation.slot.spec
@@ -288,7 +358,8 @@ class Run:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
         invocation.closed = True
         if self._inbox_backlog:
-            self._defer(_QueuedCommit(invocation, events))
+            self._inbox_backlog += 1
+            self._inbox_send.send_nowait(QueuedCommit(invocation, events))
             return None
         ready = self.commit(invocation, events)
         if not ready:
@@ -311,50 +382,58 @@ class Run:
 
     def commit(self, invocation: Invocation, events: list[Event]) -> list[Invocation]:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
-        self._in_flight.discard(invocation)
+        self.in_flight.discard(invocation)
+        self.state.settle(invocation.undo)
+        if self.commit_log is not None:
+            self.commit_log.append((invocation.slot.spec.name, invocation.envelope.event))
         ready = self._route(events, invocation.slot.spec.name)
         ready.extend(self._release(invocation))
-        if not self._in_flight and not ready:
-            self._check_idle()
+        if not self.in_flight and not ready:
+            self._went_quiet()
         return ready
 
-    def _route(self, events: list[Event], source: str | None) -> list[Invocation]:
+    def _route(self, events: Iterable[Event], source: str | None) -> list[Invocation]:
         ready: list[Invocation] = []
         for event in events:
             if self.outcome is not None:
                 break
-            self._seq += 1
-            envelope = Envelope(event, self._seq, source)
-            if self.history is not None:
-                self._record(
-                    HistoryKind.EVENT_RECEIVED, step=source, event_type=event_type_id(event)
-                )
+            envelope = self._envelope(event, source)
             if isinstance(event, StopEvent):
-                self._complete_run(event)
+                self._finish(event, RunStatus.COMPLETED)
                 break
+            if isinstance(event, InputRequestEvent):
+                self._request_input(envelope)
+                continue
             targets = self.workflow.targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), source))
                 break
             for index in targets:
-                invocation = Invocation(self._slots[index], envelope)
+                invocation = Invocation(self.slots[index], envelope)
                 if self._admit(invocation):
                     ready.append(invocation)
         return ready
 
+    def _envelope(self, event: Event, source: str | None) -> Envelope:
+        self._seq += 1
+        if self.history is not None:
+            type_id = event_type_id(event)
+            self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
+        return Envelope(event, self._seq, source)
+
     def _admit(self, invocation: Invocation) -> bool:
-        """Start the invocation now (True) or queue it behind its step's limit (False)."""
+        """Start the invocation now (True) or queue it (False): paused, or at its limit."""
         slot = invocation.slot
-        if not slot.queue:
+        if not slot.queue and not self._paused:
             if slot.limiter is None:
-                self._in_flight.add(invocation)
+                self.in_flight.add(invocation)
                 return True
             try:
                 slot.limiter.acquire_on_behalf_of_nowait(invocation)
             except trio.WouldBlock:
                 pass
             else:
-                self._in_flight.add(invocation)
+                self.in_flight.add(invocation)
                 return True
         slot.queue.append(invocation)
         self._queued += 1
@@ -365,26 +444,155 @@ class Run:
         if slot.limiter is None:
             return []
         slot.limiter.release_on_behalf_of(invocation)
-        if not slot.queue or self.outcome is not None:
-            return []
-        following = slot.queue.popleft()
-        self._queued -= 1
-        slot.limiter.acquire_on_behalf_of_nowait(following)
-        self._in_flight.add(following)
-        return [following]
+        return self._start_queued(slot)
 
-    def _check_idle(self) -> None:
-        if self.outcome is None and not self._queued and not self._inbox_backlog:
-            self.fail(
-                WorkflowStalled(
-                    f"run {self.run_id} of {self.workflow.name!r} went idle: no step is running, "
-                    "no event is pending and no StopEvent was emitted"
-                )
+    def _start_queued(self, slot: StepSlot) -> list[Invocation]:
+        """Take invocations off a step's queue while the step has room."""
+        ready: list[Invocation] = []
+        while slot.queue and not self._paused and self.outcome is None:
+            following = slot.queue[0]
+            if slot.limiter is not None:
+                try:
+                    slot.limiter.acquire_on_behalf_of_nowait(following)
+                except trio.WouldBlock:
+                    break
+            slot.queue.popleft()
+            self._queued -= 1
+            self.in_flight.add(following)
+            ready.append(following)
+        return ready
+
+    def _requeue(self, invocation: Invocation) -> None:
+        """Put an unfinished invocation back in its queue, in commit order, effects undone."""
+        self.state.rollback(invocation.undo)
+        invocation.sent.clear()
+        invocation.closed = False
+        invocation.scope = None
+        self.in_flight.discard(invocation)
+        slot = invocation.slot
+        if slot.limiter is not None:
+            slot.limiter.release_on_behalf_of(invocation)
+        position = 0
+        while position < len(slot.queue) and slot.queue[position].envelope.seq < (
+            invocation.envelope.seq
+        ):
+            position += 1
+        slot.queue.insert(position, invocation)
+        self._queued += 1
+        self._went_quiet()
+
+    def _went_quiet(self) -> None:
+        """Called when nothing may be running: answer pausers, wait for input, or stall."""
+        if self.in_flight or self._answering or self.outcome is not None:
+            return
+        if self._paused:
+            for reply in self._pause_replies:
+                reply.set(None)
+            self._pause_replies.clear()
+            return
+        if self._queued or self._inbox_backlog:
+            return
+        if self.input_requests:
+            self.status = RunStatus.WAITING_FOR_INPUT
+            self.clock.stop()
+            return
+        self.fail(
+            WorkflowStalled(
+                f"run {self.run_id} of {self.workflow.name!r} went idle: no step is running, "
+                "no event is pending, no input is awaited and no StopEvent was emitted"
             )
+        )
 
-    def _defer(self, message: _Message) -> None:
-        self._inbox_backlog += 1
-        self._inbox_send.send_nowait(message)
+    def _wake(self) -> None:
+        """Work arrived for a run that was waiting for input."""
+        if self.status is RunStatus.WAITING_FOR_INPUT:
+            self.status = RunStatus.RUNNING
+            self.clock.start()
+
+    # -- control -------------------------------------------------------------------------
+
+    def pause(self, cancel_in_flight: bool, reply: Reply[None]) -> None:
+        """Stop dispatching; answer `reply` once no step runs (`Pause` command)."""
+        if not self._paused:
+            self._paused = True
+            self.status = RunStatus.PAUSED
+            self.clock.stop()
+            self._record(HistoryKind.PAUSED, detail="cancel" if cancel_in_flight else "drain")
+        for scope in self._answering.values():
+            scope.cancel()
+        if cancel_in_flight:
+            for invocation in self.in_flight:
+                if invocation.scope is not None:
+                    invocation.scope.cancel()
+        self._pause_replies.append(reply)
+        self._went_quiet()
+
+    def resume(self) -> None:
+        """Dispatch again what waited while paused (`Resume` command)."""
+        if not self._paused:
+            return
+        self._paused = False
+        self.status = RunStatus.RUNNING
+        self.clock.start()
+        self._record(HistoryKind.RESUMED)
+        for reply in self._pause_replies:
+            reply.fail(RunFinished("the run was resumed before it was quiescent"))
+        self._pause_replies.clear()
+        self.restart()
+
+    def restart(self) -> None:
+        """Start queued invocations and inline answers to outstanding input requests."""
+        for slot in self.slots:
+            self.spawn(self._start_queued(slot))
+        for request_id, envelope in self.input_requests.items():
+            if self.workflow.input_handler is not None and request_id not in self._answering:
+                self._answer_inline(envelope)
+        self._went_quiet()
+
+    # -- input ---------------------------------------------------------------------------
+
+    def _request_input(self, envelope: Envelope) -> None:
+        request = envelope.event
+        assert isinstance(request, InputRequestEvent)
+        self.input_requests[request.request_id] = envelope
+        self._record(HistoryKind.INPUT_REQUESTED, step=envelope.source, detail=request.request_id)
+        self.publish(request)
+        if self.workflow.input_handler is not None and not self._paused:
+            self._answer_inline(envelope)
+
+    def _answer_inline(self, envelope: Envelope) -> None:
+        assert self._nursery is not None
+        request = envelope.event
+        assert isinstance(request, InputRequestEvent)
+        scope = trio.CancelScope()
+        self._answering[request.request_id] = scope
+        self._nursery.start_soon(self._ask_input_handler, request, scope)
+
+    async def _ask_input_handler(self, request: InputRequestEvent, scope: trio.CancelScope) -> None:
+        handler = self.workflow.input_handler
+        assert handler is not None
+        with scope:
+            try:
+                response = await handler(request)
+            except Exception as exc:  # the handler's failure fails the run, chained
+                self.fail(_failure("input_handler", exc))
+                return
+        del self._answering[request.request_id]
+        if scope.cancelled_caught:  # paused: the request stays outstanding
+            self._went_quiet()
+            return
+        self.respond_to_input(request.request_id, response, source=INPUT_HANDLER)
+
+    def respond_to_input(self, request_id: str, response: Any, source: str = HUMAN_INPUT) -> None:
+        """Route the answer to an outstanding request (`RespondToInput` command)."""
+        if request_id not in self.input_requests:
+            raise UnknownInputRequest(request_id)
+        del self.input_requests[request_id]
+        self._record(HistoryKind.INPUT_RECEIVED, detail=request_id)
+        self._wake()
+        reply = InputResponseEvent(request_id=request_id, response=response)
+        self.spawn(self._route([reply], source=source))
+        self._went_quiet()
 
     # -- stream, usage, lifecycle and history -------------------------------------------
 
@@ -403,14 +611,10 @@ class Run:
     def _step_started(self, invocation: Invocation) -> float:
         name = invocation.slot.spec.name
         event_type = event_type_id(invocation.envelope.event)
-        self._record(
-            HistoryKind.STEP_DISPATCHED,
-            step=name,
-            event_type=event_type,
-            attempt=invocation.attempt,
-        )
+        attempt = invocation.attempt
+        self._record(HistoryKind.STEP_DISPATCHED, step=name, event_type=event_type, attempt=attempt)
         if self._lifecycle:
-            self.publish(StepStarted(step=name, event_type=event_type, attempt=invocation.attempt))
+            self.publish(StepStarted(step=name, event_type=event_type, attempt=attempt))
         return trio.current_time()
 
     def _step_completed(self, invocation: Invocation, started: float) -> None:
@@ -433,10 +637,11 @@ class Run:
         if self._lifecycle:
             self.publish(StepErrored(step=name, error=text, attempt=invocation.attempt))
 
-    # -- the end -------------------------------------------------------------------------
+    @property
+    def history_view(self) -> tuple[HistoryEntry, ...] | None:
+        return tuple(self.history.entries) if self.history is not None else None
 
-    def _complete_run(self, stop: StopEvent) -> None:
-        self._finish(stop, RunStatus.COMPLETED)
+    # -- the end -------------------------------------------------------------------------
 
     def fail(self, error: WorkflowError) -> None:
         self._finish(error, RunStatus.FAILED)
@@ -448,24 +653,32 @@ class Run:
         """First outcome wins; cancelling the scope stops every task of the run."""
         if self.outcome is not None:
             return
-        if self.history is not None:
-            self._record_end(outcome, status)
+        self._record_end(outcome, status)
+        self.refs.release(RefLifetime.UNTIL_RUN_END, RefLifetime.UNTIL_PARENT_FINISH)
         if isinstance(outcome, StopEvent):
             self.publish(outcome)  # the last event on the stream: closed right below
             self.outcome = WorkflowResult(
-                outcome.result, outcome, self.run_id, self.usage, self.cost_usd, self.history_view
+                outcome.result,
+                outcome,
+                self.run_id,
+                self.usage,
+                self.cost_usd,
+                self.history_view,
+                self.refs.live_objects(),
             )
         else:
             self.outcome = outcome
         self.status = status
         self._scope.cancel()
         self.broadcast.close()
-
-    @property
-    def history_view(self) -> tuple[HistoryEntry, ...] | None:
-        return tuple(self.history.entries) if self.history is not None else None
+        ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
+        for reply in self._pause_replies:
+            reply.fail(ended)
+        self._pause_replies.clear()
 
     def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
+        if self.history is None:
+            return
         if isinstance(outcome, WorkflowTimeout):
             self._record(HistoryKind.TIMED_OUT, detail=str(outcome))
         elif status is RunStatus.COMPLETED:
@@ -478,3 +691,27 @@ class Run:
     def check_running(self, what: str) -> None:
         if self.outcome is not None:
             raise RunFinished(f"{what}: run {self.run_id} already finished ({self.status})")
+
+    # -- views for snapshots -------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pending(self) -> list[Invocation]:
+        """Every invocation not yet committed (queued or in flight), in commit order."""
+        waiting = [inv for slot in self.slots for inv in slot.queue]
+        return sorted([*waiting, *self.in_flight], key=lambda inv: inv.envelope.seq)
+
+    def restore_pending(self, invocations: Iterable[tuple[StepSlot, Event, str | None, int]]) -> None:
+        """Queue restored invocations in order (`slot, event, source, attempt`)."""
+        for slot, event, source, attempt in invocations:
+            invocation = Invocation(slot, self._envelope(event, source), attempt)
+            slot.queue.append(invocation)
+            self._queued += 1
+
+    def restore_inputs(self, requests: Iterable[InputRequestEvent]) -> None:
+        """Outstanding requests again, announced again on the stream (seen with replay)."""
+        for request in requests:
+            self.input_requests[request.request_id] = self._envelope(request, None)
+            self.publish(request)

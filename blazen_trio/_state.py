@@ -17,62 +17,106 @@ from ._events import Event
 _MISSING: Final = object()
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, eq=False)
 class _StateWrite:
+    """One uncommitted write. `below` is the uncommitted write it replaced, if any.
+
+    Undoing the newest write of a key restores the value from before the newest write below
+    it that is still live, so the writes of attempts undone earlier stay undone.
+    """
+
     key: str
     previous: Any  # _MISSING when the key did not exist
-    written: Any  # _MISSING for a delete
+    below: _StateWrite | None
+    undone: bool = False
 
-    def undo(self, state: RunState) -> None:
-        current = state.values.get(self.key, _MISSING)
-        if current is not self.written:
-            return  # a later write by another step wins; keep it
-        if self.previous is _MISSING:
+    def undo(self, state: RunState, virtual: set[int] | None) -> None:
+        if virtual is None:
+            self.undone = True
+        else:
+            virtual.add(id(self))
+        if state.writers.get(self.key) is not self:
+            return  # a newer write is current; undoing it will skip past this one
+        target = self
+        while target.below is not None and (
+            target.below.undone or (virtual is not None and id(target.below) in virtual)
+        ):
+            target = target.below
+        if target.previous is _MISSING:
             state.values.pop(self.key, None)
         else:
-            state.values[self.key] = self.previous
+            state.values[self.key] = target.previous
+        if target.below is None:
+            del state.writers[self.key]
+        else:
+            state.writers[self.key] = target.below
+
+    def settle(self, state: RunState) -> None:
+        if state.writers.get(self.key) is self:
+            del state.writers[self.key]
+        self.below = None
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, eq=False)
 class _CollectAdd:
     step: str
     event: Event
 
-    def undo(self, state: RunState) -> None:
+    def undo(self, state: RunState, virtual: set[int] | None) -> None:
         buffer = state.buffers.get(self.step, [])
         for index, held in enumerate(buffer):
             if held is self.event:
                 del buffer[index]
                 return
 
+    def settle(self, state: RunState) -> None:
+        pass
 
-@attrs.define(slots=True)
+
+@attrs.define(slots=True, eq=False)
 class _CollectTake:
     step: str
     taken: list[Event]
 
-    def undo(self, state: RunState) -> None:
+    def undo(self, state: RunState, virtual: set[int] | None) -> None:
         state.buffers.setdefault(self.step, [])[0:0] = self.taken
+
+    def settle(self, state: RunState) -> None:
+        pass
 
 
 UndoRecord = _StateWrite | _CollectAdd | _CollectTake
 UndoLog = list[UndoRecord]
 
 
-def _take_matching(buffer: list[Event], expected: Sequence[type[Event]]) -> list[Event] | None:
-    """Remove and return one buffered event per expected type, in `expected` order."""
-    used: set[int] = set()
-    chosen: list[Event] = []
-    for wanted in expected:
-        index = next(
-            (i for i, ev in enumerate(buffer) if i not in used and isinstance(ev, wanted)), None
-        )
-        if index is None:
-            return None
-        used.add(index)
-        chosen.append(buffer[index])
-    buffer[:] = [ev for i, ev in enumerate(buffer) if i not in used]
-    return chosen
+def _match(buffer: Sequence[Event], expected: Sequence[type[Event]]) -> list[int] | None:
+    """Buffer indices, one per expected type (a maximum bipartite matching), or None.
+
+    Earlier events are preferred, so a collection takes what arrived first.
+    """
+    owner: dict[int, int] = {}  # buffer index -> expected position
+
+    def place(position: int, seen: set[int]) -> bool:
+        fits = [
+            index
+            for index, event in enumerate(buffer)
+            if index not in seen and isinstance(event, expected[position])
+        ]
+        free = next((index for index in fits if index not in owner), None)
+        if free is not None:
+            owner[free] = position
+            return True
+        seen.update(fits)
+        for index in fits:
+            if place(owner[index], seen):
+                owner[index] = position
+                return True
+        return False
+
+    if not all(place(position, set()) for position in range(len(expected))):
+        return None
+    chosen = {position: index for index, position in owner.items()}
+    return [chosen[position] for position in range(len(expected))]
 
 
 @attrs.define(eq=False)
@@ -82,16 +126,25 @@ class RunState:
     values: dict[str, Any] = attrs.Factory(dict)
     buffers: dict[str, list[Event]] = attrs.Factory(dict)
     objects: dict[str, Any] = attrs.Factory(dict)
+    # key -> the uncommitted write that produced its current value
+    writers: dict[str, _StateWrite] = attrs.Factory(dict)
 
     def set(self, key: str, value: Any, log: UndoLog) -> None:
         if not isinstance(key, str):
             raise TypeError(f"state keys are str, got {type(key).__name__}")
-        log.append(_StateWrite(key, self.values.get(key, _MISSING), value))
+        self._log_write(key, log)
         self.values[key] = value
 
     def delete(self, key: str, log: UndoLog) -> None:
-        previous = self.values.pop(key)  # KeyError for a missing key, like dict
-        log.append(_StateWrite(key, previous, _MISSING))
+        if key not in self.values:
+            raise KeyError(key)
+        self._log_write(key, log)
+        del self.values[key]
+
+    def _log_write(self, key: str, log: UndoLog) -> None:
+        write = _StateWrite(key, self.values.get(key, _MISSING), self.writers.get(key))
+        self.writers[key] = write
+        log.append(write)
 
     def collect(
         self, step: str, event: Event, expected: Sequence[type[Event]], log: UndoLog
@@ -104,22 +157,36 @@ class RunState:
         buffer = self.buffers.setdefault(step, [])
         buffer.append(event)
         log.append(_CollectAdd(step, event))
-        taken = _take_matching(buffer, expected)
-        if taken is not None:
-            log.append(_CollectTake(step, taken))
+        indices = _match(buffer, expected)
+        if indices is None:
+            return None
+        taken = [buffer[index] for index in indices]
+        chosen = set(indices)
+        buffer[:] = [ev for index, ev in enumerate(buffer) if index not in chosen]
+        log.append(_CollectTake(step, taken))
         return taken
 
     def rollback(self, log: UndoLog) -> None:
         for record in reversed(log):
-            record.undo(self)
+            record.undo(self, None)
+        log.clear()
+
+    def settle(self, log: UndoLog) -> None:
+        """The attempt committed: its writes are no longer undoable."""
+        for record in log:
+            record.settle(self)
         log.clear()
 
     def without(self, logs: Iterable[UndoLog]) -> RunState:
         """A copy with the given (uncommitted) attempts' effects taken back; self is unchanged."""
         copy = RunState(
-            dict(self.values), {step: list(buf) for step, buf in self.buffers.items()}, {}
+            dict(self.values),
+            {step: list(buf) for step, buf in self.buffers.items()},
+            {},
+            dict(self.writers),
         )
+        virtual: set[int] = set()
         for log in logs:
             for record in reversed(log):
-                record.undo(copy)
+                record.undo(copy, virtual)
         return copy

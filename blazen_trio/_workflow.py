@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
 from ._checks import is_count, is_optional_duration
-from ._errors import ValidationError
+from ._errors import SnapshotError, ValidationError
 from ._events import (
     Event,
     InputRequestEvent,
+    InputResponseEvent,
     StartEvent,
     StepCompleted,
     StepErrored,
@@ -29,7 +31,11 @@ from ._events import (
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
 from ._retry import RetryPolicy
-from ._run import Run, WorkflowResult
+from ._refs import SessionPausePolicy
+from ._run import InputHandler, Run, WorkflowResult
+
+if TYPE_CHECKING:
+    from ._snapshot import WorkflowSnapshot
 from ._steps import StepSpec, _Options, read_step
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
@@ -93,6 +99,15 @@ def _check_options(
     return problems
 
 
+def _check_handlers(input_handler: object, policy: object) -> list[str]:
+    problems = []
+    if input_handler is not None and not inspect.iscoroutinefunction(input_handler):
+        problems.append(f"input_handler must be an async function, got {input_handler!r}")
+    if policy not in set(SessionPausePolicy):
+        problems.append(f"session_pause_policy must be a SessionPausePolicy, got {policy!r}")
+    return problems
+
+
 def _graph_problems(specs: list[StepSpec]) -> list[str]:
     """Every structural problem of a set of valid steps."""
     problems = [
@@ -105,6 +120,10 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
         problems.append("no step accepts the start event (StartEvent or a subclass)")
     if not any(not s.emits_known or any(issubclass(t, StopEvent) for t in s.emits) for s in specs):
         problems.append("no step can emit StopEvent, so no run can finish")
+    if any(issubclass(t, InputRequestEvent) for s in specs for t in s.emits) and not any(
+        issubclass(InputResponseEvent, t) for t in accepted
+    ):
+        problems.append("a step emits InputRequestEvent but no step accepts InputResponseEvent")
     problems.extend(
         f"step {s.name!r} accepts StopEvent, which ends the run and is never routed"
         for s in specs
@@ -139,6 +158,8 @@ class Workflow:
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        input_handler: InputHandler | None = None,
+        session_pause_policy: SessionPausePolicy = SessionPausePolicy.PICKLE_OR_ERROR,
         history: bool = False,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         publish_lifecycle: bool = False,
@@ -146,7 +167,11 @@ class Workflow:
         validate: bool = True,
     ) -> None:
         specs, problems = _read_steps(steps)
-        problems = _check_options(name, timeout, retry, history_limit, stream_replay) + problems
+        problems = [
+            *_check_options(name, timeout, retry, history_limit, stream_replay),
+            *_check_handlers(input_handler, session_pause_policy),
+            *problems,
+        ]
         if not specs and not problems:
             problems.append("a workflow needs at least one step")
         if validate and not problems:
@@ -157,6 +182,8 @@ class Workflow:
         self.steps: tuple[StepSpec, ...] = tuple(specs)
         self.timeout = timeout
         self.retry = retry
+        self.input_handler = input_handler
+        self.session_pause_policy = SessionPausePolicy(session_pause_policy)
         self.history = history
         self.history_limit = history_limit
         self.publish_lifecycle = publish_lifecycle
@@ -180,31 +207,58 @@ class Workflow:
 
     # -- running -------------------------------------------------------------------------
 
-    async def run(self, input: Any = None) -> WorkflowResult:
+    async def run(
+        self, input: Any = None, *, resume: WorkflowSnapshot | None = None
+    ) -> WorkflowResult:
         """Run to completion; raise the run's `WorkflowError` if it fails.
 
         `input` is the start event if it is an Event, else wrapped as `StartEvent(data=input)`.
+        `resume=snapshot` goes on with a snapshotted run instead (same workflow name).
         """
-        async with self.start(input) as handler:
+        async with self.start(input, resume=resume) as handler:
             return await handler.result()
 
     @asynccontextmanager
-    async def start(self, input: Any = None) -> AsyncIterator[WorkflowHandler]:
-        """Start a run in a nursery owned by the block; leaving the block aborts a live run."""
-        run = Run(self)
-        first = input if isinstance(input, Event) else StartEvent(data=input)
+    async def start(
+        self, input: Any = None, *, resume: WorkflowSnapshot | None = None
+    ) -> AsyncIterator[WorkflowHandler]:
+        """Start (or resume) a run in a nursery owned by the block.
+
+        Leaving the block while the run is still going aborts it; nothing outlives the block.
+        """
+        run = self._new_run(input, resume)
         escaping: BaseException | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(run.main)
-            handler = WorkflowHandler(run)
-            run.begin(first)
             try:
-                yield handler
+                self._first_work(run, input, resume)
+                yield WorkflowHandler(run)
             except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
                 escaping = exc
             run.abort()
         if escaping is not None:
             raise escaping
+
+    def _new_run(self, input: Any, resume: WorkflowSnapshot | None) -> Run:
+        if resume is None:
+            return Run(self)
+        from ._snapshot import WorkflowSnapshot, check_workflow_name
+
+        if input is not None:
+            raise TypeError("pass either input or resume=, not both")
+        if not isinstance(resume, WorkflowSnapshot):
+            raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
+        check_workflow_name(resume, self.name)
+        return Run(self, run_id=resume.run_id, active_time=resume.active_time)
+
+    @staticmethod
+    def _first_work(run: Run, input: Any, resume: WorkflowSnapshot | None) -> None:
+        if resume is not None:
+            from ._capture import restore
+
+            restore(run, resume)
+        else:
+            run.begin(input if isinstance(input, Event) else StartEvent(data=input))
 
     # -- the graph -----------------------------------------------------------------------
 

@@ -1,0 +1,764 @@
+"""The snapshot codec: user values and events to a JSON-native "wire form" and back.
+
+The one place where the cattrs converter and the msgspec encoders/decoders are built (once, at
+import, with every hook registered before first use). Nothing here knows the run loop.
+
+A wire form holds only None, bool, int (signed 64-bit), finite float, str (encodable as UTF-8),
+list and dict with str keys, so msgspec's JSON and MessagePack both carry it unchanged. What
+those cannot say directly is tagged `{"$blazen": TAG, ...}`:
+
+| tag | for | fields |
+|---|---|---|
+| `tuple`, `set`, `frozenset` | those containers | `v`: the items, encoded (sets: sorted) |
+| `dict` | a dict with a non-str or reserved key | `v`: `[[k, v], ...]`, encoded |
+| `bytes`, `bytearray` | those | `v`: base64 |
+| `int` | an int outside signed 64-bit | `v`: `hex(value)` (no digit limit, unlike `str`) |
+| `float` | NaN and the infinities | `v`: `"nan"`, `"inf"`, `"-inf"` |
+| `struct` | a msgspec Struct (an Event...) | `t`: `"module:QualName"`, `v`: `{field: encoded}` |
+| `type` | what cattrs round-trips exactly | `t`: `"module:QualName"`, `v`: its form, encoded |
+| `pickle` | the rest, if pickle can | `t`: the type (for messages), `v`: base64 of the pickle |
+
+A `SessionRef` is `{"__blazen_session_ref__": key}`, as in events. A dict of the user's that
+holds `$blazen` or `__blazen_session_ref__` is tagged `dict`, so it is never mistaken for either.
+Aliasing is not kept: a list referenced twice is decoded as two equal lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import enum
+import functools
+import importlib
+import math
+import pathlib
+import pickle
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import cattrs
+import msgspec
+from cattrs.preconf.json import make_converter
+
+from ._errors import SnapshotError
+from ._events import (
+    DynamicEvent,
+    Event,
+    InputRequestEvent,
+    InputResponseEvent,
+    StartEvent,
+    StepCompleted,
+    StepErrored,
+    StepStarted,
+    StopEvent,
+    StreamLagged,
+    UsageEvent,
+    event_type_id,
+)
+
+if TYPE_CHECKING:
+    from ._refs import SessionRef
+
+TAG: Final = "$blazen"
+"""The reserved key of a tagged wire form."""
+
+SESSION_REF_KEY: Final = "__blazen_session_ref__"
+"""The single key of a `SessionRef`'s wire form (the same as `_refs.SESSION_REF_TAG`)."""
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_PICKLE_PROTOCOL: Final = 5
+
+# Deeper values are pickled whole. A level of value nesting is at most 3 levels of wire form,
+# so wire forms stay well inside msgspec's decoding depth (the interpreter's recursion limit).
+_MAX_DEPTH: Final = 100
+_MAX_WIRE_DEPTH: Final = 400
+
+
+class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event in a snapshot: its type id and `{field name: wire form}`.
+
+    Defined here so the codec needs nothing from `_snapshot` (which needs the codec);
+    `_snapshot` re-exports it.
+    """
+
+    type_id: str
+    payload: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# The cattrs converter: JSON preconf, tightened so that what it produces is plain builtins and
+# what it rebuilds is the very value (hooks that would lose information raise instead, and the
+# value then goes to pickle).
+
+
+class _NotExact(ValueError):
+    """A hook's text form would not give back the same value (e.g. a zoneinfo timezone)."""
+
+
+def _is_struct(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, msgspec.Struct)
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _is_pure_path(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, pathlib.PurePath)
+
+
+def _exact_iso(
+    parse: Callable[[str], dt.datetime | dt.time],
+) -> Callable[[dt.datetime | dt.time], str]:
+    """ISO text of a datetime or time, refused unless parsing it gives back the same tzinfo."""
+
+    def unstructure(value: dt.datetime | dt.time) -> str:
+        text = value.isoformat()
+        back = parse(text)
+        # timezone equality compares offsets only, so compare names too; a zoneinfo zone is
+        # equal only to itself, so it is refused here (and pickled whole).
+        if (
+            back.tzinfo != value.tzinfo
+            or back.tzname() != value.tzname()
+            or back.fold != value.fold
+        ):
+            raise _NotExact(f"{value!r} does not survive ISO 8601 text")
+        return text
+
+    return unstructure
+
+
+def _structure_str(parse: Callable[[str], Any]) -> Callable[[Any, Any], Any]:
+    def structure(raw: Any, _cls: Any) -> Any:
+        if type(raw) is not str:
+            raise TypeError(f"expected str, got {type(raw).__name__}")
+        return parse(raw)
+
+    return structure
+
+
+def _structure_timedelta(raw: Any, _cls: Any) -> dt.timedelta:
+    if type(raw) is not list or len(raw) != 3 or any(type(part) is not int for part in raw):
+        raise TypeError("expected [days, seconds, microseconds]")
+    return dt.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2])
+
+
+def _structure_complex(raw: Any, _cls: Any) -> complex:
+    if type(raw) is not list or len(raw) != 2 or any(type(part) is not float for part in raw):
+        raise TypeError("expected [real, imag]")
+    return complex(raw[0], raw[1])
+
+
+def _structure_path(raw: Any, cls: type[pathlib.PurePath]) -> pathlib.PurePath:
+    if type(raw) is not str:
+        raise TypeError(f"expected str, got {type(raw).__name__}")
+    return cls(raw)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_converter()
+    converter.register_unstructure_hook(dt.datetime, _exact_iso(dt.datetime.fromisoformat))
+    converter.register_structure_hook(dt.datetime, _structure_str(dt.datetime.fromisoformat))
+    converter.register_unstructure_hook(dt.time, _exact_iso(dt.time.fromisoformat))
+    converter.register_structure_hook(dt.time, _structure_str(dt.time.fromisoformat))
+    converter.register_structure_hook(dt.date, _structure_str(dt.date.fromisoformat))
+    converter.register_unstructure_hook(dt.timedelta, lambda v: [v.days, v.seconds, v.microseconds])
+    converter.register_structure_hook(dt.timedelta, _structure_timedelta)
+    converter.register_unstructure_hook(decimal.Decimal, str)
+    converter.register_structure_hook(decimal.Decimal, _structure_str(decimal.Decimal))
+    converter.register_unstructure_hook(uuid.UUID, str)
+    converter.register_structure_hook(uuid.UUID, _structure_str(uuid.UUID))
+    converter.register_unstructure_hook(complex, lambda v: [v.real, v.imag])
+    converter.register_structure_hook(complex, _structure_complex)
+    converter.register_unstructure_hook_func(_is_pure_path, str)
+    converter.register_structure_hook_func(_is_pure_path, _structure_path)
+    # The JSON preconf passes str and int enums through as enum objects; the wire wants their
+    # values. Singledispatch is consulted first and finds `str` before `Enum` in a StrEnum's
+    # MRO, so the scalar hooks themselves unwrap enums.
+    converter.register_unstructure_hook(enum.Enum, _enum_value)
+    for scalar in (str, int, float):
+        converter.register_unstructure_hook(scalar, _enum_value)
+    # msgspec Structs (Events included) by msgspec itself: it knows renames, tags, array_like.
+    converter.register_unstructure_hook_func(_is_struct, msgspec.to_builtins)
+    converter.register_structure_hook_func(_is_struct, lambda raw, cls: msgspec.convert(raw, cls))
+    return converter
+
+
+_CONVERTER: Final = _make_converter()
+
+# msgspec: untyped encoders, and decoders into raw builtins (snapshots are version-checked and
+# migrated as plain dicts before `msgspec.convert` types them).
+_MSGPACK_ENCODER: Final = msgspec.msgpack.Encoder()
+_JSON_ENCODER: Final = msgspec.json.Encoder()
+_MSGPACK_RAW_DECODER: Final = msgspec.msgpack.Decoder(dict[str, Any])
+_JSON_RAW_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+def msgpack_encode(obj: Any) -> bytes:
+    """MessagePack bytes of `obj` (msgspec's errors propagate)."""
+    return _MSGPACK_ENCODER.encode(obj)
+
+
+def json_encode(obj: Any) -> bytes:
+    """JSON bytes of `obj` (msgspec's errors propagate)."""
+    return _JSON_ENCODER.encode(obj)
+
+
+def msgpack_decode_raw(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """A MessagePack map as builtins (msgspec's errors propagate)."""
+    return _MSGPACK_RAW_DECODER.decode(data)
+
+
+def json_decode_raw(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """A JSON object as builtins (msgspec's errors propagate)."""
+    return _JSON_RAW_DECODER.decode(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+class _Unencodable(Exception):
+    """Internal: a value neither cattrs nor pickle can carry; `path` grows as it unwinds."""
+
+    def __init__(self, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.type_name = _type_name(type(value))
+        self.reason = reason
+        self.path: list[str] = []
+
+
+class _Undecodable(Exception):
+    """Internal: a malformed wire form; `path` grows as it unwinds."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _where(path: list[str]) -> str:
+    """`path` (innermost first) as ` at ['a'][0]`; a very deep one is cut short."""
+    if not path:
+        return ""
+    outer = path[::-1]
+    shown = "".join(outer[:8]) + ("..." if len(outer) > 8 else "")
+    return f" at {shown}"
+
+
+def _wire_str(value: str) -> bool:
+    """True unless the str holds lone surrogates, which UTF-8 (so JSON, MessagePack) refuses."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@functools.cache
+def _session_ref_class() -> type[SessionRef]:
+    # Imported late: `_refs` imports `_snapshot`, which imports this module.
+    from ._refs import SessionRef
+
+    return SessionRef
+
+
+def _resolve(type_path: str) -> Any:
+    module_name, sep, qualname = type_path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"{type_path!r} is not of the form 'module:QualName'")
+    found: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _type_path(cls: type) -> str | None:
+    """`module:QualName` if importing that gives back `cls`, else None (a local class...)."""
+    if "<" in cls.__qualname__:
+        return None
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        found = _resolve(path)
+    except Exception:  # any failure to import it means it cannot be named
+        return None
+    return path if found is cls else None
+
+
+def _b64(data: bytes | bytearray) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if type(text) is not str:
+        raise _Undecodable(f"expected base64 str, got {type(text).__name__}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Undecodable(f"bad base64: {exc}") from exc
+
+
+def _encode_items(value: Iterable[Any], objects: bool, depth: int) -> list[Any]:
+    out: list[Any] = []
+    index = 0
+    try:
+        for index, item in enumerate(value):  # noqa: B007  # `index` is read on failure
+            out.append(_encode(item, objects, depth))
+    except _Unencodable as exc:
+        exc.path.append(f"[{index}]")
+        raise
+    return out
+
+
+def _canonical(items: list[Any]) -> list[Any]:
+    """A set's encoded items in a fixed order, so equal sets have equal wire forms."""
+    return sorted(items, key=_JSON_ENCODER.encode)
+
+
+def _encode(value: Any, objects: bool, depth: int = 0) -> Any:
+    """The wire form of `value`; with `objects=False`, only builtins are allowed (no type/pickle).
+
+    `depth` counts the containers around `value`. Raises `_Unencodable`, or `RecursionError`
+    for a cycle or nesting deeper than `_MAX_DEPTH`.
+    """
+    if depth > _MAX_DEPTH:
+        raise RecursionError(f"nested more than {_MAX_DEPTH} deep")
+    depth += 1
+    cls = type(value)
+    if value is None or cls is bool:
+        return value
+    if cls is str:
+        if _wire_str(value):
+            return value
+    elif cls is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value
+        return {TAG: "int", "v": hex(value)}
+    elif cls is float:
+        if math.isfinite(value):
+            return value
+        return {TAG: "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    elif cls is list:
+        return _encode_items(value, objects, depth)
+    elif cls is dict:
+        if TAG not in value and SESSION_REF_KEY not in value:
+            out: dict[str, Any] = {}
+            key: Any = None
+            try:
+                for key, item in value.items():
+                    if type(key) is not str or not _wire_str(key):
+                        break
+                    out[key] = _encode(item, objects, depth)
+                else:
+                    return out
+            except _Unencodable as exc:
+                exc.path.append(f"[{key!r}]")
+                raise
+        pairs = ([k, v] for k, v in value.items())
+        return {TAG: "dict", "v": _encode_items(pairs, objects, depth)}
+    elif cls is tuple:
+        return {TAG: "tuple", "v": _encode_items(value, objects, depth)}
+    elif cls is set:
+        return {TAG: "set", "v": _canonical(_encode_items(value, objects, depth))}
+    elif cls is frozenset:
+        return {TAG: "frozenset", "v": _canonical(_encode_items(value, objects, depth))}
+    elif cls is bytes:
+        return {TAG: "bytes", "v": _b64(value)}
+    elif cls is bytearray:
+        return {TAG: "bytearray", "v": _b64(value)}
+    if not objects:
+        raise _Unencodable(value, "not a builtin")
+    return _encode_object(value, depth)
+
+
+_FAILED: Final = object()
+
+
+def _try_cattrs(value: Any, depth: int) -> Any:
+    """cattrs' form of `value`, encoded, if structuring it gives back an equal value of its type."""
+    cls = type(value)
+    try:
+        raw = _CONVERTER.unstructure(value)
+        wire = _encode(raw, objects=False, depth=depth)
+        back = _CONVERTER.structure(raw, cls)
+        if type(back) is cls and bool(back == value):
+            return wire
+    except Exception:  # cattrs, the hooks and user __eq__ may raise anything: not exact
+        pass
+    return _FAILED
+
+
+def _pickle(value: Any, type_path: str | None) -> dict[str, Any]:
+    try:
+        data = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        pickle.loads(data)  # proves it will load (unpickling can fail where pickling did not)
+    except Exception as exc:  # pickle raises many kinds (PicklingError, TypeError, ...)
+        raise _Unencodable(
+            value,
+            f"cattrs cannot round-trip it and pickle failed ({type(exc).__name__}: {exc})",
+        ) from exc
+    return {TAG: "pickle", "t": type_path or _type_name(type(value)), "v": _b64(data)}
+
+
+def _try_struct(value: msgspec.Struct, depth: int) -> Any:
+    """`{field: wire form}` of a Struct if its class rebuilds it from those fields.
+
+    Field by field (as events are), so a field typed `Any` keeps its value's type, where
+    `msgspec.to_builtins` would turn a datetime into a str.
+    """
+    cls = type(value)
+    fields: dict[str, Any] = {}
+    for name in cls.__struct_fields__:
+        try:
+            fields[name] = _encode(getattr(value, name), objects=True, depth=depth)
+        except _Unencodable as exc:
+            exc.path.append(f".{name}")
+            raise
+    try:
+        if bool(cls(**{name: getattr(value, name) for name in fields}) == value):
+            return fields
+    except Exception:  # __post_init__ or a user __eq__ may raise anything: not exact
+        pass
+    return _FAILED
+
+
+def _encode_object(value: Any, depth: int) -> Any:
+    cls = type(value)
+    if cls is _session_ref_class():
+        return {SESSION_REF_KEY: value.key}
+    type_path = _type_path(cls)
+    if type_path is not None:
+        if isinstance(value, msgspec.Struct):
+            wire = _try_struct(value, depth)
+            if wire is not _FAILED:
+                return {TAG: "struct", "t": type_path, "v": wire}
+        wire = _try_cattrs(value, depth)
+        if wire is not _FAILED:
+            return {TAG: "type", "t": type_path, "v": wire}
+    return _pickle(value, type_path)
+
+
+def _encode_top(value: Any, what: str) -> Any:
+    try:
+        return _encode(value, objects=True)
+    except _Unencodable as exc:
+        raise SnapshotError(
+            f"cannot snapshot {what}: the value{_where(exc.path)} of type {exc.type_name} "
+            f"cannot be encoded: {exc.reason}"
+        ) from exc.__cause__
+    except RecursionError as exc:
+        # A cycle (or very deep nesting): pickle keeps cycles, so try it on the whole value.
+        try:
+            return _pickle(value, _type_path(type(value)))
+        except _Unencodable:
+            raise SnapshotError(
+                f"cannot snapshot {what}: the value (of type {_type_name(type(value))}) "
+                "is cyclic or nested too deeply, and pickle failed too"
+            ) from exc
+
+
+def encode_value(value: Any, *, key: str) -> Any:
+    """The wire form of one state value: JSON-native builtins that decode to an equal value.
+
+    Raises `SnapshotError` naming `key`, the place inside the value and its type when neither
+    cattrs (checked: it must give back an equal value of the same type) nor pickle can carry it.
+    """
+    return _encode_top(value, f"key {key!r}")
+
+
+def _expect_keys(wire: dict[str, Any], keys: frozenset[str]) -> None:
+    if wire.keys() != keys:
+        raise _Undecodable(
+            f"tag {wire[TAG]!r} wants the keys {sorted(keys)}, got {sorted(map(str, wire))}"
+        )
+
+
+_ITEMS_KEYS: Final = frozenset({TAG, "v"})
+_TYPED_KEYS: Final = frozenset({TAG, "t", "v"})
+
+
+def _decode_items(items: Any, objects: bool) -> list[Any]:
+    if type(items) is not list:
+        raise _Undecodable(f"expected a list of items, got {type(items).__name__}")
+    out: list[Any] = []
+    index = 0
+    try:
+        for index, item in enumerate(items):  # noqa: B007  # `index` is read on failure
+            out.append(_decode(item, objects))
+    except _Undecodable as exc:
+        exc.path.append(f"[{index}]")
+        raise
+    return out
+
+
+def _resolve_class(type_path: Any) -> type:
+    try:
+        cls = _resolve(type_path) if type(type_path) is str else None
+    except Exception as exc:  # importing runs arbitrary module code
+        raise _Undecodable(f"cannot import type {type_path!r}: {exc!r}") from exc
+    if not isinstance(cls, type):
+        raise _Undecodable(f"{type_path!r} is not a class")
+    return cls
+
+
+def _decode_tagged(wire: dict[str, Any], objects: bool) -> Any:
+    tag = wire[TAG]
+    if tag in ("tuple", "set", "frozenset"):
+        _expect_keys(wire, _ITEMS_KEYS)
+        items = _decode_items(wire["v"], objects)
+        try:
+            return tuple(items) if tag == "tuple" else (set if tag == "set" else frozenset)(items)
+        except TypeError as exc:  # unhashable items
+            raise _Undecodable(f"bad {tag}: {exc}") from exc
+    if tag == "dict":
+        _expect_keys(wire, _ITEMS_KEYS)
+        pairs = _decode_items(wire["v"], objects)
+        try:
+            return {k: v for k, v in pairs}  # noqa: C416  # each pair must unpack to two
+        except (TypeError, ValueError) as exc:
+            raise _Undecodable(f"bad dict: {exc}") from exc
+    if tag in ("bytes", "bytearray"):
+        _expect_keys(wire, _ITEMS_KEYS)
+        data = _unb64(wire["v"])
+        return data if tag == "bytes" else bytearray(data)
+    if tag == "int":
+        _expect_keys(wire, _ITEMS_KEYS)
+        text = wire["v"]
+        try:
+            if type(text) is not str:
+                raise TypeError(f"expected str, got {type(text).__name__}")
+            return int(text, 16)
+        except (TypeError, ValueError) as exc:
+            raise _Undecodable(f"bad int: {exc}") from exc
+    if tag == "float":
+        _expect_keys(wire, _ITEMS_KEYS)
+        if wire["v"] not in ("nan", "inf", "-inf"):
+            raise _Undecodable(f"bad float {wire['v']!r}")
+        return float(wire["v"])
+    if objects and tag == "type":
+        _expect_keys(wire, _TYPED_KEYS)
+        cls = _resolve_class(wire["t"])
+        raw = _decode(wire["v"], objects=False)
+        try:
+            return _CONVERTER.structure(raw, cls)
+        except Exception as exc:  # cattrs and user hooks may raise anything
+            raise _Undecodable(f"cannot rebuild {wire['t']}: {exc!r}") from exc
+    if objects and tag == "struct":
+        _expect_keys(wire, _TYPED_KEYS)
+        cls = _resolve_class(wire["t"])
+        if not issubclass(cls, msgspec.Struct):
+            raise _Undecodable(f"{wire['t']!r} is not a msgspec Struct")
+        if type(wire["v"]) is not dict:
+            raise _Undecodable(f"expected a dict of fields, got {type(wire['v']).__name__}")
+        fields: dict[str, Any] = {}
+        name: Any = None
+        try:
+            for name, field_wire in wire["v"].items():
+                fields[name] = _decode(field_wire, objects=True)
+        except _Undecodable as exc:
+            exc.path.append(f".{name}")
+            raise
+        try:
+            return cls(**fields)
+        except Exception as exc:  # a missing field, or the class's own checks
+            raise _Undecodable(f"cannot rebuild {wire['t']}: {exc!r}") from exc
+    if objects and tag == "pickle":
+        _expect_keys(wire, _TYPED_KEYS)
+        data = _unb64(wire["v"])
+        try:
+            return pickle.loads(data)
+        except Exception as exc:  # unpickling may raise anything
+            raise _Undecodable(f"cannot unpickle {wire['t']!r}: {exc!r}") from exc
+    if tag in ("type", "struct", "pickle"):
+        raise _Undecodable(f"tag {tag!r} inside the form of a 'type' tag")
+    raise _Undecodable(f"unknown tag {tag!r}")
+
+
+def _decode(wire: Any, objects: bool) -> Any:
+    cls = type(wire)
+    if wire is None or cls is str or cls is bool or cls is int or cls is float:
+        return wire
+    if cls is list:
+        return _decode_items(wire, objects)
+    if cls is dict:
+        if TAG in wire:
+            return _decode_tagged(wire, objects)
+        if SESSION_REF_KEY in wire:
+            if not objects or len(wire) != 1 or type(wire[SESSION_REF_KEY]) is not str:
+                raise _Undecodable("malformed session ref")
+            return _session_ref_class()(key=wire[SESSION_REF_KEY])
+        out: dict[str, Any] = {}
+        key: Any = None
+        try:
+            for key, item in wire.items():
+                if type(key) is not str:
+                    raise _Undecodable(f"dict key of type {type(key).__name__}")
+                out[key] = _decode(item, objects)
+        except _Undecodable as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+        return out
+    raise _Undecodable(f"{cls.__name__} is not part of a wire form")
+
+
+def _decode_top(wire: Any, what: str) -> Any:
+    try:
+        return _decode(wire, objects=True)
+    except _Undecodable as exc:
+        raise SnapshotError(
+            f"cannot restore {what}: bad wire form{_where(exc.path)}: {exc.reason}"
+        ) from (exc.__cause__ or exc)
+    except RecursionError as exc:
+        raise SnapshotError(f"cannot restore {what}: wire form nested too deeply") from exc
+
+
+def decode_value(wire: Any, *, key: str) -> Any:
+    """The value a wire form stands for (the inverse of `encode_value`).
+
+    Imports the modules named by `type` tags and unpickles `pickle` tags: decode only
+    snapshots you trust. Raises `SnapshotError` naming `key` for any malformed or
+    unloadable part.
+    """
+    return _decode_top(wire, f"key {key!r}")
+
+
+def find_non_wire(value: Any) -> str | None:
+    """What keeps `value` from being a wire form (e.g. `"float nan at ['a'][0]"`), or None."""
+    try:
+        _check_wire(value)
+    except _Undecodable as exc:
+        return f"{exc.reason}{_where(exc.path)}"
+    except RecursionError:
+        return "nested too deeply"
+    return None
+
+
+def _check_wire(value: Any, depth: int = 0) -> None:
+    if depth > _MAX_WIRE_DEPTH:
+        raise _Undecodable(f"nested more than {_MAX_WIRE_DEPTH} deep")
+    depth += 1
+    cls = type(value)
+    if value is None or cls is bool:
+        return
+    if cls is str:
+        if not _wire_str(value):
+            raise _Undecodable("str with lone surrogates")
+        return
+    if cls is int:
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise _Undecodable("int outside signed 64-bit")
+        return
+    if cls is float:
+        if not math.isfinite(value):
+            raise _Undecodable(f"float {value!r}")
+        return
+    if cls is list:
+        index = 0
+        try:
+            for index, item in enumerate(value):  # noqa: B007  # `index` is read on failure
+                _check_wire(item, depth)
+        except _Undecodable as exc:
+            exc.path.append(f"[{index}]")
+            raise
+        return
+    if cls is dict:
+        key: Any = None
+        try:
+            for key, item in value.items():
+                if type(key) is not str or not _wire_str(key):
+                    raise _Undecodable(f"dict key {key!r}")
+                _check_wire(item, depth)
+        except _Undecodable as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+        return
+    raise _Undecodable(f"{cls.__name__} is not a wire type")
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+_BUILTIN_EVENTS: Final[tuple[type[Event], ...]] = (
+    StartEvent,
+    StopEvent,
+    InputRequestEvent,
+    InputResponseEvent,
+    UsageEvent,
+    StepStarted,
+    StepCompleted,
+    StepErrored,
+    StreamLagged,
+)
+
+
+def known_event_types(types: Iterable[type[Event]]) -> dict[str, type[Event]]:
+    """Type id -> class for `types` and the built-in events, for `decode_event`.
+
+    `DynamicEvent` is not among them: it never travels under its own type id.
+    """
+    known = {event_type_id(cls): cls for cls in _BUILTIN_EVENTS}
+    known.update((event_type_id(cls), cls) for cls in types)
+    return known
+
+
+def encode_event(event: Event) -> EncodedEvent:
+    """An event as its type id and `{field name: wire form}`.
+
+    A `DynamicEvent` is written under the type id it carries, with its data as the payload
+    (already wire forms), so a workflow that knows that type re-types it on decoding.
+    Raises `SnapshotError` naming the type id and field when a field cannot be encoded.
+    """
+    if type(event) is DynamicEvent:
+        problem = find_non_wire(event.data)
+        if problem is not None:
+            raise SnapshotError(
+                f"cannot snapshot DynamicEvent {event.type_id!r}: its data is not a wire form "
+                f"({problem})"
+            )
+        return EncodedEvent(type_id=event.type_id, payload=dict(event.data))
+    type_id = event_type_id(event)
+    payload = {
+        name: _encode_top(getattr(event, name), f"field {name!r} of event {type_id!r}")
+        for name in type(event).__struct_fields__
+    }
+    return EncodedEvent(type_id=type_id, payload=payload)
+
+
+def decode_event(encoded: EncodedEvent, known: Mapping[str, type[Event]]) -> Event:
+    """The event `encoded` stands for: an instance of `known[type_id]`, else a `DynamicEvent`.
+
+    Payload entries that are not fields of the class are ignored (as msgspec does), unless the
+    class forbids unknown fields. Raises `SnapshotError` naming the type id when a field cannot
+    be decoded or the class refuses the fields.
+    """
+    cls = known.get(encoded.type_id)
+    if cls is None:
+        return DynamicEvent(type_id=encoded.type_id, data=dict(encoded.payload))
+    fields = cls.__struct_fields__
+    unknown = encoded.payload.keys() - set(fields)
+    if unknown and cls.__struct_config__.forbid_unknown_fields:
+        raise SnapshotError(
+            f"cannot restore event {encoded.type_id!r}: unknown fields {sorted(unknown)}"
+        )
+    kwargs = {
+        name: _decode_top(wire, f"field {name!r} of event {encoded.type_id!r}")
+        for name, wire in encoded.payload.items()
+        if name in fields
+    }
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # a missing field, or the class's own __post_init__ checks
+        raise SnapshotError(
+            f"cannot restore event {encoded.type_id!r} as {_type_name(cls)}: {exc}"
+        ) from exc

@@ -1,0 +1,367 @@
+"""Session refs: live, unserializable objects (connections, locks, clients) passed by handle.
+
+Events carry a `SessionRef` (wire form `{"__blazen_session_ref__": "<uuid>"}`); the object itself
+stays in the run's `SessionRefRegistry`. When the run is snapshotted, the registry serializes what
+the run's `SessionPausePolicy` allows, and `SessionRefRegistry.restore` rebuilds those objects
+under their original keys, so the refs inside the restored events still resolve.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import pickle
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from enum import StrEnum
+from typing import Any, Protocol, Self
+
+import attrs
+import msgspec
+
+from ._errors import SessionRefError, SessionRefsNotSerializable
+from ._snapshot import SerializedRef
+
+SESSION_REF_TAG = "__blazen_session_ref__"
+"""The single key of a `SessionRef`'s wire form."""
+
+DROPPED_REFS_METADATA_KEY = "__blazen_dropped_session_refs"
+"""Snapshot metadata entry listing (sorted) the keys of refs dropped at the snapshot."""
+
+MAX_SESSION_REFS = 10_000
+"""At most this many live refs per run: a runaway loop fails fast instead of eating memory."""
+
+_PICKLE = "pickle"
+_PROTOCOL = "protocol"
+
+
+class SessionRef(msgspec.Struct, frozen=True, rename={"key": SESSION_REF_TAG}):
+    """A handle to a live object kept by the run; resolve it with `ctx.refs.get(ref)`.
+
+    Only the key travels (in events, in snapshots). Type an event field as `SessionRef` so
+    msgspec decodes it back into one; a field typed `Any` decodes to the plain wire dict.
+    """
+
+    key: str
+
+
+class RefLifetime(StrEnum):
+    """How long the run keeps a ref's object."""
+
+    UNTIL_RUN_END = "until_run_end"
+    """Released when the run ends (however it ends); serialized into snapshots."""
+    UNTIL_EXPLICIT_DROP = "until_explicit_drop"
+    """Kept until `drop()`; still live when the run ends, handed to the caller in the result."""
+    UNTIL_SNAPSHOT = "until_snapshot"
+    """Released when the run is snapshotted, under every policy; never serialized."""
+    UNTIL_PARENT_FINISH = "until_parent_finish"
+    """Kept while sub-workflows come and go; released when the owning (parent) run ends."""
+
+
+class SessionPausePolicy(StrEnum):
+    """What a snapshot does with the live refs (`UNTIL_SNAPSHOT` refs simply end there)."""
+
+    PICKLE_OR_ERROR = "pickle_or_error"
+    """Pickle every ref; if any fails, the snapshot fails with `SessionRefsNotSerializable`."""
+    PICKLE_OR_SERIALIZE = "pickle_or_serialize"
+    """Use the object's `__blazen_serialize__` protocol, else pickle; drop failures with a warning.
+
+    An object whose class has the protocol is serialized by it only (never pickled).
+    """
+    WARN_DROP = "warn_drop"
+    """Serialize nothing: drop every ref with one `RuntimeWarning`, keys kept in metadata."""
+    HARD_ERROR = "hard_error"
+    """Refuse to snapshot (`SessionRefError`) while any ref is live."""
+
+
+class SessionRefSerializable(Protocol):
+    """The opt-in serialization protocol used by `SessionPausePolicy.PICKLE_OR_SERIALIZE`.
+
+    The class must be importable by `module:QualName` (not defined inside a function), since
+    resume finds it by that path and calls `__blazen_deserialize__` with the bytes.
+    """
+
+    def __blazen_serialize__(self) -> bytes: ...
+
+    @classmethod
+    def __blazen_deserialize__(cls, data: bytes) -> Self: ...
+
+
+@attrs.frozen
+class _Entry:
+    obj: Any
+    lifetime: RefLifetime
+
+
+@attrs.define(eq=False, repr=False)
+class SessionRefRegistry:
+    """The live objects of one run (shared with its sub-workflows), keyed by `SessionRef`.
+
+    Synchronous and not thread-safe: use it from the Trio thread (steps, not worker threads).
+    Holds at most `MAX_SESSION_REFS` live refs.
+    """
+
+    _entries: dict[str, _Entry] = attrs.field(factory=dict, init=False)
+    # Keys whose objects a snapshot dropped, so `get` on them after resume says why.
+    _dropped_at_snapshot: frozenset[str] = attrs.field(factory=frozenset, init=False)
+
+    def __repr__(self) -> str:
+        return f"<SessionRefRegistry live={len(self._entries)}>"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys of the live refs, oldest first (a copy: dropping while iterating is safe)."""
+        return iter(list(self._entries))
+
+    def __contains__(self, ref: object) -> bool:
+        if isinstance(ref, SessionRef):
+            ref = ref.key
+        return isinstance(ref, str) and ref in self._entries
+
+    def insert(self, obj: Any, *, lifetime: RefLifetime = RefLifetime.UNTIL_RUN_END) -> SessionRef:
+        """Keep `obj` for the run and return a fresh handle to it.
+
+        Raises `SessionRefError` when `MAX_SESSION_REFS` refs are already live.
+        """
+        lifetime = RefLifetime(lifetime)
+        if len(self._entries) >= MAX_SESSION_REFS:
+            raise SessionRefError(
+                f"session ref capacity exceeded: a run holds at most {MAX_SESSION_REFS} live "
+                "refs; drop refs you no longer need"
+            )
+        key = str(uuid.uuid4())
+        self._entries[key] = _Entry(obj, lifetime)
+        return SessionRef(key)
+
+    def get(self, ref: SessionRef | str) -> Any:
+        """The object behind `ref` (a `SessionRef` or its key); `SessionRefError` if not live."""
+        return self._entry(ref).obj
+
+    def lifetime_of(self, ref: SessionRef | str) -> RefLifetime:
+        """The lifetime `ref` was inserted with; `SessionRefError` if not live."""
+        return self._entry(ref).lifetime
+
+    def drop(self, ref: SessionRef | str) -> None:
+        """Let go of `ref`'s object now; `SessionRefError` if not live."""
+        key = _key_of(ref)
+        self._entry(key)
+        del self._entries[key]
+
+    def keys(self) -> list[str]:
+        """The keys of the live refs, oldest first."""
+        return list(self._entries)
+
+    def live_objects(self) -> dict[str, Any]:
+        """A copy of the live objects by key, oldest first."""
+        return {key: entry.obj for key, entry in self._entries.items()}
+
+    def release(self, *lifetimes: RefLifetime) -> int:
+        """Drop every ref whose lifetime is one of `lifetimes`; returns how many were dropped."""
+        ending = {RefLifetime(lifetime) for lifetime in lifetimes}
+        keys = [key for key, entry in self._entries.items() if entry.lifetime in ending]
+        for key in keys:
+            del self._entries[key]
+        return len(keys)
+
+    def serialize(
+        self, policy: SessionPausePolicy
+    ) -> tuple[dict[str, SerializedRef], dict[str, Any]]:
+        """The live refs in snapshot form under `policy`, and the snapshot metadata entries.
+
+        Does not change the registry: the run releases `UNTIL_SNAPSHOT` refs once its snapshot is
+        taken. Those refs are never serialized, under any policy. Refs dropped by the policy are
+        listed (sorted) in `metadata[DROPPED_REFS_METADATA_KEY]` and reported with one
+        `RuntimeWarning`.
+
+        Raises `SessionRefsNotSerializable` (every failing key) under `PICKLE_OR_ERROR`, and
+        `SessionRefError` under `HARD_ERROR` when any ref would outlive the snapshot.
+        """
+        policy = SessionPausePolicy(policy)
+        kept = {
+            key: entry
+            for key, entry in self._entries.items()
+            if entry.lifetime is not RefLifetime.UNTIL_SNAPSHOT
+        }
+        if not kept:
+            return {}, {}
+        if policy is SessionPausePolicy.HARD_ERROR:
+            raise SessionRefError(
+                f"snapshot refused under SessionPausePolicy.HARD_ERROR: {len(kept)} live session "
+                f"ref(s): {', '.join(sorted(kept))}"
+            )
+        if policy is SessionPausePolicy.WARN_DROP:
+            dropped = sorted(kept)
+            _warn_dropped(policy, dict.fromkeys(dropped, ""))
+            return {}, {DROPPED_REFS_METADATA_KEY: dropped}
+
+        serialized: dict[str, SerializedRef] = {}
+        failures: dict[str, Exception] = {}
+        for key, entry in kept.items():
+            try:
+                serialized[key] = _serialize_entry(
+                    key, entry, use_protocol=policy is SessionPausePolicy.PICKLE_OR_SERIALIZE
+                )
+            except Exception as exc:  # any failure of user code / pickle marks this ref
+                failures[key] = exc
+        if not failures:
+            return serialized, {}
+        if policy is SessionPausePolicy.PICKLE_OR_ERROR:
+            keys = sorted(failures)
+            error = SessionRefsNotSerializable(keys)
+            for key in keys:
+                error.add_note(f"{key}: {_describe(kept[key].obj, failures[key])}")
+            raise error from _one_cause("session refs failed to pickle", failures)
+        # PICKLE_OR_SERIALIZE: what could not be serialized is dropped.
+        _warn_dropped(
+            policy, {key: _describe(kept[key].obj, failures[key]) for key in sorted(failures)}
+        )
+        return serialized, {DROPPED_REFS_METADATA_KEY: sorted(failures)}
+
+    @classmethod
+    def restore(
+        cls, refs: Mapping[str, SerializedRef], *, dropped: Iterable[str] = ()
+    ) -> SessionRefRegistry:
+        """Rebuild a registry from a snapshot's refs, each under its original key and lifetime.
+
+        `dropped` (the snapshot's `DROPPED_REFS_METADATA_KEY` list) makes `get` on those keys
+        say that the snapshot dropped them. Unpickling runs code named by the snapshot: restore
+        only snapshots you trust. Raises `SessionRefError` naming every ref that fails.
+        """
+        if len(refs) > MAX_SESSION_REFS:
+            raise SessionRefError(
+                f"cannot restore {len(refs)} session refs: a run holds at most "
+                f"{MAX_SESSION_REFS} live refs"
+            )
+        registry = cls()
+        failures: dict[str, Exception] = {}
+        for key, serialized in refs.items():
+            try:
+                registry._entries[key] = _restore_entry(key, serialized)
+            except Exception as exc:  # any failure of decoding / user code marks this ref
+                failures[key] = exc
+        if failures:
+            details = "; ".join(
+                f"{key} ({type(exc).__name__}: {exc})" for key, exc in sorted(failures.items())
+            )
+            raise SessionRefError(
+                f"{len(failures)} session ref(s) could not be restored: {details}"
+            ) from _one_cause("session refs failed to restore", failures)
+        registry._dropped_at_snapshot = frozenset(dropped)
+        return registry
+
+    def _entry(self, ref: SessionRef | str) -> _Entry:
+        key = _key_of(ref)
+        try:
+            return self._entries[key]
+        except KeyError:
+            if key in self._dropped_at_snapshot:
+                raise SessionRefError(
+                    f"session ref {key!r} was dropped when the run was snapshotted: its object "
+                    "could not be serialized under the run's session pause policy"
+                ) from None
+            raise SessionRefError(
+                f"no live session ref with key {key!r} (never inserted in this run, or already "
+                "dropped or released)"
+            ) from None
+
+
+def _key_of(ref: SessionRef | str) -> str:
+    if isinstance(ref, SessionRef):
+        return ref.key
+    if isinstance(ref, str):
+        return ref
+    raise TypeError(f"expected a SessionRef or its key (str), got {type(ref).__name__}")
+
+
+def _type_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve_type_path(path: str) -> Any:
+    module_name, sep, qualname = path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"type path {path!r} is not of the form 'module:QualName'")
+    found: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _has_protocol(cls: type) -> bool:
+    # Looked up on the class, like any dunder protocol.
+    return callable(getattr(cls, "__blazen_serialize__", None)) and callable(
+        getattr(cls, "__blazen_deserialize__", None)
+    )
+
+
+def _serialize_entry(key: str, entry: _Entry, *, use_protocol: bool) -> SerializedRef:
+    cls = type(entry.obj)
+    type_path = _type_path(cls)
+    if use_protocol and _has_protocol(cls):
+        # Resume finds the class by this path, so check now that it leads back here.
+        try:
+            found = _resolve_type_path(type_path)
+        except Exception:  # any import failure means the same thing here
+            found = None
+        if found is not cls:
+            raise TypeError(
+                f"class {type_path} is not importable under that path (defined in a function?)"
+            )
+        data = entry.obj.__blazen_serialize__()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"{type_path}.__blazen_serialize__ returned {type(data).__name__}, not bytes"
+            )
+        codec = _PROTOCOL
+        raw = bytes(data)
+    else:
+        codec = _PICKLE
+        raw = pickle.dumps(entry.obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return SerializedRef(
+        key=key,
+        lifetime=entry.lifetime.value,
+        codec=codec,
+        type_path=type_path,
+        data=base64.b64encode(raw).decode("ascii"),
+    )
+
+
+def _restore_entry(key: str, serialized: SerializedRef) -> _Entry:
+    if serialized.key != key:
+        raise ValueError(f"stored under key {key!r} but names key {serialized.key!r}")
+    lifetime = RefLifetime(serialized.lifetime)
+    raw = base64.b64decode(serialized.data, validate=True)
+    if serialized.codec == _PICKLE:
+        obj = pickle.loads(raw)  # trusted input only; documented on `restore`
+    elif serialized.codec == _PROTOCOL:
+        cls = _resolve_type_path(serialized.type_path)
+        deserialize = getattr(cls, "__blazen_deserialize__", None)
+        if not callable(deserialize):
+            raise TypeError(f"{serialized.type_path} has no __blazen_deserialize__")
+        obj = deserialize(raw)
+    else:
+        raise ValueError(f"unknown session ref codec {serialized.codec!r}")
+    return _Entry(obj, lifetime)
+
+
+def _describe(obj: Any, exc: Exception) -> str:
+    return f"{_type_path(type(obj))}: {type(exc).__name__}: {exc}"
+
+
+def _one_cause(message: str, failures: Mapping[str, Exception]) -> Exception:
+    excs = list(failures.values())
+    return excs[0] if len(excs) == 1 else ExceptionGroup(message, excs)
+
+
+def _warn_dropped(policy: SessionPausePolicy, reasons: Mapping[str, str]) -> None:
+    listed = ", ".join(f"{key} ({why})" if why else key for key, why in reasons.items())
+    warnings.warn(
+        f"{len(reasons)} session ref(s) dropped from the snapshot under "
+        f"SessionPausePolicy.{policy.name}: {listed}; after resume, get() on them raises "
+        "SessionRefError",
+        RuntimeWarning,
+        stacklevel=3,
+    )
