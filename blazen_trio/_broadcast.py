@@ -41,6 +41,7 @@ class Broadcast:
         self._replay = replay
         self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._capacity = replay
+        self._stale_capacity = False
         self._new_events = trio.lowlevel.ParkingLot()
         self.closed = False
 
@@ -50,7 +51,9 @@ class Broadcast:
             return
         self._last_seq += 1
         self._ring.append(event)
-        if len(self._ring) > self._capacity:
+        if self._stale_capacity:
+            self._resize()
+        elif len(self._ring) > self._capacity:
             self._trim()
         if self._new_events:
             self._new_events.unpark_all()
@@ -68,10 +71,20 @@ class Broadcast:
         if not self.closed or replay:
             self._subscribers.add(stream)
             self._capacity = max(self._capacity, buffer)
+            # A stream dropped without closing leaves the WeakSet; the ring shrinks at the
+            # next publish (not in the finalizer, which may run in the middle of one).
+            weakref.finalize(stream, self._mark_stale)
         return stream
+
+    def _mark_stale(self) -> None:
+        self._stale_capacity = True
 
     def unsubscribe(self, stream: EventStream) -> None:
         self._subscribers.discard(stream)
+        self._resize()
+
+    def _resize(self) -> None:
+        self._stale_capacity = False
         self._capacity = max([self._replay, *(s.buffer for s in self._subscribers)])
         self._trim()
 
@@ -122,10 +135,13 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        # Cancellation can only strike before an event is taken, never after: a cancelled
+        # read loses nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._closed:
             event = self._broadcast.read(self)
             if event is not None:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return event
             if self._broadcast.closed:
                 break

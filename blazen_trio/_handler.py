@@ -9,8 +9,8 @@ import attrs
 from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
 from ._control import Pause, RespondToInput, Resume, TakeSnapshot
 from ._errors import WorkflowError
-from ._history import HistoryEntry
 from ._events import InputRequestEvent
+from ._history import HistoryEntry
 from ._run import Run, RunStatus, Usage, WorkflowResult
 
 if TYPE_CHECKING:

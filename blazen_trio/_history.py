@@ -23,6 +23,7 @@ class HistoryKind(StrEnum):
     STEP_COMPLETED = "step_completed"
     STEP_FAILED = "step_failed"
     STEP_RETRIED = "step_retried"
+    STEP_CANCELLED = "step_cancelled"
     INPUT_REQUESTED = "input_requested"
     INPUT_RECEIVED = "input_received"
     PAUSED = "paused"

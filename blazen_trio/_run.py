@@ -308,6 +308,7 @@ class Run:
             invocation.scope = scope
             following = await self._attempts(invocation)
         if scope.cancelled_caught:  # pause(cancel_in_flight=True)
+            self._record(HistoryKind.STEP_CANCELLED, step=invocation.slot.spec.name, detail="pause")
             self._requeue(invocation)
             return None
         return following
@@ -703,7 +704,9 @@ class Run:
         waiting = [inv for slot in self.slots for inv in slot.queue]
         return sorted([*waiting, *self.in_flight], key=lambda inv: inv.envelope.seq)
 
-    def restore_pending(self, invocations: Iterable[tuple[StepSlot, Event, str | None, int]]) -> None:
+    def restore_pending(
+        self, invocations: Iterable[tuple[StepSlot, Event, str | None, int]]
+    ) -> None:
         """Queue restored invocations in order (`slot, event, source, attempt`)."""
         for slot, event, source, attempt in invocations:
             invocation = Invocation(slot, self._envelope(event, source), attempt)

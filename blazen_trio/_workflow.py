@@ -30,8 +30,8 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._retry import RetryPolicy
 from ._refs import SessionPausePolicy
+from ._retry import RetryPolicy
 from ._run import InputHandler, Run, WorkflowResult
 
 if TYPE_CHECKING:
