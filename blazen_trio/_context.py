@@ -50,6 +50,7 @@ class Context:
 
     def set(self, key: str, value: Any) -> None:
         """Store a value; it must survive the snapshot codec (checked at snapshot time)."""
+        self._invocation.check_open("set")
         self._run.state.set(key, value, self._invocation.undo)
 
     def get(self, key: str, default: Any = _NO_DEFAULT) -> Any:
@@ -60,6 +61,7 @@ class Context:
 
     def delete(self, key: str) -> None:
         """Remove `key`; `KeyError` if it is missing."""
+        self._invocation.check_open("delete")
         self._run.state.delete(key, self._invocation.undo)
 
     def keys(self) -> list[str]:
@@ -106,6 +108,7 @@ class Context:
         The list comes back in `expected` order; until then this returns None. Buffers are per
         step and are part of snapshots.
         """
+        self._invocation.check_open("collect_events")
         return self._run.state.collect(
             self._invocation.slot.spec.name, event, expected, self._invocation.undo
         )

@@ -40,7 +40,7 @@ class Reply(Generic[T]):
     async def wait(self) -> T:
         await self._done.wait()
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._error.fresh()
         return self._value  # type: ignore[return-value]  # set() stored a T
 
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from typing import Any, Self
+
+
+def _rebuild(cls: type[WorkflowError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class WorkflowError(Exception):
     """Root of every error blazen_trio raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses' __init__ signatures differ from their args: rebuild, don't re-init,
+        # so errors copy and pickle faithfully (to another process, too).
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+    def fresh(self) -> Self:
+        """A copy to raise for one more caller, keeping the cause but no caller's context."""
+        clone = copy.copy(self)
+        clone.__cause__ = self.__cause__
+        clone.__suppress_context__ = True
+        return clone
 
 
 class ValidationError(WorkflowError):

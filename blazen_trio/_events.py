@@ -54,6 +54,8 @@ class _EventMeta(StructMeta):
         return cls
 
 
+# Repeated on the class: type checkers read kw_only_default from the base class, not its metaclass.
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
 class Event(
     msgspec.Struct, metaclass=_EventMeta, frozen=True, kw_only=True, type_id="blazen.Event"
 ):

@@ -66,7 +66,7 @@ class WorkflowHandler:
         await self._run.finished.wait()
         outcome = self._run.outcome
         if isinstance(outcome, WorkflowError):
-            raise outcome.with_traceback(None)
+            raise outcome.fresh()
         assert outcome is not None
         return outcome
 

@@ -139,7 +139,9 @@ class _SignatureReader:
         self._check_options()
         hints = _resolve_hints(fn, self.localns)
         event_param, context_position = self._read_parameters(fn, hints)
-        accepts = self._accepts(hints.get(event_param) if event_param else None)
+        accepts: tuple[type[Event], ...] = ()
+        if event_param is not None or self.options.accepts is not None:
+            accepts = self._accepts(hints.get(event_param) if event_param else None)
         emits, emits_known = self._emits(hints)
         if self.problems:
             return None

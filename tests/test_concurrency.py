@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import blazen_trio as bz
@@ -33,7 +35,9 @@ def collect_all(count: int) -> bz.StepSpec:
     @bz.step
     async def collect(ctx: bz.Context, ev: Done) -> bz.StopEvent | None:
         done = ctx.collect_events(ev, [Done] * count)
-        return None if done is None else bz.StopEvent(result=sorted(d.index for d in done))
+        if done is None:
+            return None
+        return bz.StopEvent(result=sorted(cast(Done, d).index for d in done))
 
     return collect
 
@@ -79,7 +83,7 @@ async def test_queued_invocations_run_in_fifo_order() -> None:
     @bz.step(max_concurrency=1)
     async def work(ev: Item) -> Done:
         order.append(ev.index)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return Done(index=ev.index)
 
     result = await bz.Workflow("fifo", [fan_out, work, collect_all(8)]).run()
@@ -176,12 +180,12 @@ async def test_a_thousand_concurrent_runs_each_get_their_own_result() -> None:
     @bz.step
     async def parse(ctx: bz.Context, ev: bz.StartEvent) -> Value:
         ctx.set("input", ev.data)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return Value(value=ev.data * 3)
 
     @bz.step(max_concurrency=2)
     async def add(ctx: bz.Context, ev: Value) -> bz.StopEvent:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return bz.StopEvent(result=(ctx.get("input"), ev.value + 1, ctx.run_id))
 
     wf = bz.Workflow("many", [parse, add])

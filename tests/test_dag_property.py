@@ -12,8 +12,8 @@ import functools
 from collections.abc import Sequence
 
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import trio.lowlevel
+from hypothesis import given, settings, strategies as st
 
 import blazen_trio as bz
 
@@ -106,7 +106,7 @@ def node_step(index: int, node: Node) -> bz.StepSpec:
     )
     async def run_node(ctx: bz.Context, ev: bz.Event) -> bz.Event | None:
         for _ in range(node.checkpoints):
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         if isinstance(ev, bz.StartEvent):
             return out(value=ev.data + node.weight)
         got = ctx.collect_events(ev, inputs)

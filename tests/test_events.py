@@ -19,7 +19,6 @@ class Pinned(bz.Event, type_id="tests.events.pinned"):
     n: int = 0
 
 
-
 def _define_redefined() -> type[bz.Event]:
     """Runs the same class statement each call, like a re-run notebook cell."""
 
@@ -63,7 +62,8 @@ def test_events_compare_and_hash_by_value() -> None:
 
 
 def test_events_of_different_classes_are_not_equal() -> None:
-    assert Pinned(n=1) != Ping(n=1)
+    other_class: object = Ping(n=1)
+    assert Pinned(n=1) != other_class
 
 
 def test_default_type_id_is_module_and_qualname() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import blazen_trio as bz
@@ -38,7 +39,6 @@ def blocked_workflow(started: trio.Event, log: list[str]) -> bz.Workflow:
             await trio.sleep_forever()
         finally:
             log.append("finally")
-        return bz.StopEvent()
 
     return bz.Workflow("blocked", [wait])
 
@@ -75,16 +75,21 @@ async def test_result_returns_the_run_result() -> None:
     assert result.run_id == handler.run_id
 
 
+def status_of(handler: bz.WorkflowHandler) -> bz.RunStatus:
+    """Read the status afresh (a type checker would narrow `handler.status` across awaits)."""
+    return handler.status
+
+
 async def test_status_goes_from_running_to_completed() -> None:
     gate = trio.Event()
     async with gated_workflow(gate).start() as handler:
         await trio.testing.wait_all_tasks_blocked()
-        assert handler.status == bz.RunStatus.RUNNING
-        assert handler.status == "running"
+        assert status_of(handler) is bz.RunStatus.RUNNING
+        assert status_of(handler) == "running"
         gate.set()
         await handler.result()
-        assert handler.status == bz.RunStatus.COMPLETED
-        assert handler.status == "completed"
+        assert status_of(handler) is bz.RunStatus.COMPLETED
+        assert status_of(handler) == "completed"
 
 
 async def test_status_failed_after_a_failure() -> None:
@@ -94,7 +99,7 @@ async def test_status_failed_after_a_failure() -> None:
         assert handler.status == "failed"
 
 
-async def test_status_names() -> None:
+def test_status_names() -> None:
     assert [s.value for s in bz.RunStatus] == [
         "running",
         "paused",
@@ -145,8 +150,10 @@ async def test_many_awaiters_get_the_same_error() -> None:
         for _ in range(5):
             nursery.start_soon(wait_for, handler)
     assert len(errors) == 5
-    assert all(e is errors[0] for e in errors)
-    assert isinstance(errors[0].__cause__, ValueError)
+    first = errors[0]
+    assert all(type(e) is type(first) and str(e) == str(first) for e in errors)
+    assert all(e.__cause__ is first.__cause__ for e in errors)
+    assert isinstance(first.__cause__, ValueError)
 
 
 async def test_result_is_available_after_the_block() -> None:
@@ -176,7 +183,6 @@ async def test_abort_returns_after_every_task_exited(
             with trio.CancelScope(shield=True):
                 await trio.sleep(3)  # cleanup that takes time, and abort must wait for
             cleaned.append(trio.current_time())
-        return bz.StopEvent()
 
     async with bz.Workflow("cleanup", [slow_cleanup]).start() as handler:
         await started.wait()
@@ -200,12 +206,11 @@ async def test_abort_wakes_result_awaiters_with_workflow_aborted() -> None:
         except bz.WorkflowAborted as exc:
             outcomes.append(exc)
 
-    async with blocked_workflow(started, log).start() as handler:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait_for, handler)
-            nursery.start_soon(wait_for, handler)
-            await started.wait()
-            await handler.abort()
+    async with blocked_workflow(started, log).start() as handler, trio.open_nursery() as nursery:
+        nursery.start_soon(wait_for, handler)
+        nursery.start_soon(wait_for, handler)
+        await started.wait()
+        await handler.abort()
     assert len(outcomes) == 2
     assert log == ["finally"]
 
@@ -270,7 +275,7 @@ async def test_a_run_aborted_at_once_never_starts_a_step() -> None:
     @bz.step
     async def effect(ev: bz.StartEvent) -> bz.StopEvent:
         ran.append("effect")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return bz.StopEvent()
 
     async with bz.Workflow("at_once", [effect]).start() as handler:
@@ -282,22 +287,34 @@ async def test_a_run_aborted_at_once_never_starts_a_step() -> None:
 async def test_a_user_exception_in_the_block_propagates_unwrapped() -> None:
     started = trio.Event()
     log: list[str] = []
-    with pytest.raises(UserError, match="mine") as caught:
+    handlers: list[bz.WorkflowHandler] = []
+
+    async def raise_inside() -> None:
         async with blocked_workflow(started, log).start() as handler:
+            handlers.append(handler)
             await started.wait()
             raise UserError("mine")
+
+    with pytest.raises(UserError, match="mine") as caught:
+        await raise_inside()
     assert type(caught.value) is UserError
     assert log == ["finally"]
-    assert handler.status == "aborted"
+    assert handlers[0].status == "aborted"
 
 
 async def test_a_user_exception_wins_over_the_run_error() -> None:
-    with pytest.raises(UserError):
+    handlers: list[bz.WorkflowHandler] = []
+
+    async def raise_after_failure() -> None:
         async with failing_workflow().start() as handler:
+            handlers.append(handler)
             with pytest.raises(bz.StepFailed):
                 await handler.result()
             raise UserError("after the failure")
-    assert handler.status == "failed"
+
+    with pytest.raises(UserError, match="after the failure"):
+        await raise_after_failure()
+    assert handlers[0].status == "failed"
 
 
 async def test_an_outer_cancel_scope_cancels_run_cleanly() -> None:
@@ -353,7 +370,6 @@ def _step_timeout() -> bz.Workflow:
     @bz.step(timeout=1)
     async def stuck(ev: bz.StartEvent) -> bz.StopEvent:
         await trio.sleep_forever()
-        return bz.StopEvent()
 
     return bz.Workflow("stuck", [stuck])
 
@@ -362,7 +378,6 @@ def _workflow_timeout() -> bz.Workflow:
     @bz.step
     async def stuck(ev: bz.StartEvent) -> bz.StopEvent:
         await trio.sleep_forever()
-        return bz.StopEvent()
 
     return bz.Workflow("stuck", [stuck], timeout=1)
 
@@ -429,3 +444,18 @@ async def test_an_exception_group_raised_by_a_step_is_the_cause() -> None:
     cause = caught.value.__cause__
     assert isinstance(cause, ExceptionGroup)
     assert sorted(e.args[0] for e in cause.exceptions) == [1, 2]
+
+
+# Each awaiter gets its own copy of the error, so one awaiter's handled exception never
+# becomes the `__context__` every other awaiter sees.
+async def test_an_awaiters_handled_exception_does_not_leak_to_other_awaiters() -> None:
+    async with _stalled().start() as handler:
+        try:
+            raise KeyError("the first awaiter's own business")
+        except KeyError:
+            with pytest.raises(bz.WorkflowStalled):
+                await handler.result()
+        with pytest.raises(bz.WorkflowStalled) as caught:
+            await handler.result()
+    error = caught.value
+    assert error.__context__ is None or error.__suppress_context__

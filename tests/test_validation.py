@@ -213,7 +213,8 @@ def test_validate_false_still_checks_signatures() -> None:
     def not_async(ev: Parsed) -> Orphan:
         return Orphan()
 
-    problems_of("loose", [not_async], validate=False)
+    (problem,) = problems_of("loose", [not_async], validate=False)
+    assert problem == "workflow 'loose': step 'not_async': must be an `async def` function"
 
 
 # -- graph and Mermaid ---------------------------------------------------------------------
