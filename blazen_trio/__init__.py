@@ -42,6 +42,12 @@ from ._refs import (
 )
 from ._retry import RetryPolicy as RetryPolicy
 from ._run import RunStatus as RunStatus, Usage as Usage, WorkflowResult as WorkflowResult
+from ._snapshot import (
+    EncodedEvent as EncodedEvent,
+    PendingEvent as PendingEvent,
+    UsageTotals as UsageTotals,
+    WorkflowSnapshot as WorkflowSnapshot,
+)
 from ._steps import StepSpec as StepSpec, step as step
 from ._workflow import (
     GraphEdge as GraphEdge,

@@ -486,7 +486,8 @@ class Run:
         """Called when nothing may be running: answer pausers, wait for input, or stall."""
         if self.in_flight or self._answering or self.outcome is not None:
             return
-        if self._paused:
+        if self._paused:  # quiescent: steps that drained were active time, the pause is not
+            self.clock.stop()
             for reply in self._pause_replies:
                 reply.set(None)
             self._pause_replies.clear()
@@ -517,7 +518,6 @@ class Run:
         if not self._paused:
             self._paused = True
             self.status = RunStatus.PAUSED
-            self.clock.stop()
             self._record(HistoryKind.PAUSED, detail="cancel" if cancel_in_flight else "drain")
         for scope in self._answering.values():
             scope.cancel()
