@@ -35,8 +35,11 @@ def _pending_event(invocation: Invocation) -> PendingEvent:
 def capture(run: Run) -> WorkflowSnapshot:
     """A consistent snapshot of `run` now; exact when the run is paused."""
     pending = run.pending()
-    state = run.state.without(inv.undo for inv in run.in_flight)
-    session_refs, metadata = run.refs.serialize(run.workflow.session_pause_policy)
+    logs = [inv.undo for inv in run.in_flight]
+    state = run.state.without(logs)
+    session_refs, metadata = run.refs.serialize(
+        run.workflow.session_pause_policy, excluding=run.state.inserted_refs(logs)
+    )
     snapshot = WorkflowSnapshot(
         workflow_name=run.workflow.name,
         run_id=run.run_id,

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._events import Event, UsageEvent
+from ._refs import StepRefs
 
 if TYPE_CHECKING:
-    from ._refs import SessionRefRegistry
     from ._run import Invocation, Run
 
 _NO_DEFAULT: Final = object()
@@ -77,9 +77,9 @@ class Context:
         return self._run.state.objects.get(key, default)
 
     @property
-    def refs(self) -> SessionRefRegistry:
+    def refs(self) -> StepRefs:
         """The run's registry of live objects that events refer to by `SessionRef`."""
-        return self._run.refs
+        return StepRefs(self._run.refs, self._invocation.undo)
 
     # -- events --------------------------------------------------------------------------
 

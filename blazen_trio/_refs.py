@@ -13,7 +13,7 @@ import importlib
 import pickle
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any, Protocol, Self
 
@@ -167,7 +167,7 @@ class SessionRefRegistry:
         return len(keys)
 
     def serialize(
-        self, policy: SessionPausePolicy
+        self, policy: SessionPausePolicy, *, excluding: Collection[str] = ()
     ) -> tuple[dict[str, SerializedRef], dict[str, Any]]:
         """The live refs in snapshot form under `policy`, and the snapshot metadata entries.
 
@@ -178,12 +178,13 @@ class SessionRefRegistry:
 
         Raises `SessionRefsNotSerializable` (every failing key) under `PICKLE_OR_ERROR`, and
         `SessionRefError` under `HARD_ERROR` when any ref would outlive the snapshot.
+        Keys in `excluding` (inserted by attempts that will re-run) are left out.
         """
         policy = SessionPausePolicy(policy)
         kept = {
             key: entry
             for key, entry in self._entries.items()
-            if entry.lifetime is not RefLifetime.UNTIL_SNAPSHOT
+            if entry.lifetime is not RefLifetime.UNTIL_SNAPSHOT and key not in excluding
         }
         if not kept:
             return {}, {}
@@ -365,3 +366,56 @@ def _warn_dropped(policy: SessionPausePolicy, reasons: Mapping[str, str]) -> Non
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+@attrs.define(slots=True, eq=False)
+class RefInsert:
+    """Undo record: a ref inserted by a step attempt that did not complete is let go."""
+
+    registry: SessionRefRegistry
+    key: str
+
+    def undo(self, state: object, virtual: set[int] | None) -> None:
+        if virtual is None and self.key in self.registry:
+            self.registry.drop(self.key)
+
+    def settle(self, state: object) -> None:
+        pass
+
+
+class StepRefs:
+    """The run's session-ref registry as one step attempt sees it.
+
+    Refs the attempt inserts are let go if it does not complete (it failed before a retry, or a
+    pause cancelled it), like its state writes: no committed event can refer to them.
+    """
+
+    __slots__ = ("_log", "_registry")
+
+    def __init__(self, registry: SessionRefRegistry, log: list[Any]) -> None:
+        self._registry = registry
+        self._log = log
+
+    def insert(self, obj: Any, *, lifetime: RefLifetime = RefLifetime.UNTIL_RUN_END) -> SessionRef:
+        """Keep `obj` for the run; see `SessionRefRegistry.insert`."""
+        ref = self._registry.insert(obj, lifetime=lifetime)
+        self._log.append(RefInsert(self._registry, ref.key))
+        return ref
+
+    def get(self, ref: SessionRef | str) -> Any:
+        return self._registry.get(ref)
+
+    def lifetime_of(self, ref: SessionRef | str) -> RefLifetime:
+        return self._registry.lifetime_of(ref)
+
+    def drop(self, ref: SessionRef | str) -> None:
+        self._registry.drop(ref)
+
+    def keys(self) -> list[str]:
+        return self._registry.keys()
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __contains__(self, ref: object) -> bool:
+        return ref in self._registry

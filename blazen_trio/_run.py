@@ -480,6 +480,8 @@ class Run:
             position += 1
         slot.queue.insert(position, invocation)
         self._queued += 1
+        # A resume may have come while the cancelled step was unwinding: start it again.
+        self.spawn(self._start_queued(slot))
         self._went_quiet()
 
     def _went_quiet(self) -> None:
@@ -578,17 +580,26 @@ class Run:
             except Exception as exc:  # the handler's failure fails the run, chained
                 self.fail(_failure("input_handler", exc))
                 return
-        del self._answering[request.request_id]
-        if scope.cancelled_caught:  # paused: the request stays outstanding
+        if self._answering.get(request.request_id) is scope:
+            del self._answering[request.request_id]
+        envelope = self.input_requests.get(request.request_id)
+        if envelope is None:  # answered by a human meanwhile: this answer is moot
             self._went_quiet()
-            return
-        self.respond_to_input(request.request_id, response, source=INPUT_HANDLER)
+        elif scope.cancelled_caught:  # paused: the request stays outstanding
+            if not self._paused:
+                self._answer_inline(envelope)  # resumed while this call was unwinding
+            self._went_quiet()
+        else:
+            self.respond_to_input(request.request_id, response, source=INPUT_HANDLER)
 
     def respond_to_input(self, request_id: str, response: Any, source: str = HUMAN_INPUT) -> None:
         """Route the answer to an outstanding request (`RespondToInput` command)."""
         if request_id not in self.input_requests:
             raise UnknownInputRequest(request_id)
         del self.input_requests[request_id]
+        asking = self._answering.pop(request_id, None)
+        if asking is not None:
+            asking.cancel()  # the inline handler's answer would come second
         self._record(HistoryKind.INPUT_RECEIVED, detail=request_id)
         self._wake()
         reply = InputResponseEvent(request_id=request_id, response=response)

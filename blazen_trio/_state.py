@@ -13,6 +13,7 @@ from typing import Any, Final
 import attrs
 
 from ._events import Event
+from ._refs import RefInsert
 
 _MISSING: Final = object()
 
@@ -85,7 +86,7 @@ class _CollectTake:
         pass
 
 
-UndoRecord = _StateWrite | _CollectAdd | _CollectTake
+UndoRecord = _StateWrite | _CollectAdd | _CollectTake | RefInsert
 UndoLog = list[UndoRecord]
 
 
@@ -176,6 +177,11 @@ class RunState:
         for record in log:
             record.settle(self)
         log.clear()
+
+    @staticmethod
+    def inserted_refs(logs: Iterable[UndoLog]) -> set[str]:
+        """Keys of the session refs inserted by these uncommitted attempts."""
+        return {record.key for log in logs for record in log if isinstance(record, RefInsert)}
 
     def without(self, logs: Iterable[UndoLog]) -> RunState:
         """A copy with the given (uncommitted) attempts' effects taken back; self is unchanged."""
