@@ -179,9 +179,11 @@ class RunState:
         log.clear()
 
     @staticmethod
-    def inserted_refs(logs: Iterable[UndoLog]) -> set[str]:
+    def inserted_refs(logs: Iterable[UndoLog]) -> frozenset[str]:
         """Keys of the session refs inserted by these uncommitted attempts."""
-        return {record.key for log in logs for record in log if isinstance(record, RefInsert)}
+        return frozenset(
+            record.key for log in logs for record in log if isinstance(record, RefInsert)
+        )
 
     def without(self, logs: Iterable[UndoLog]) -> RunState:
         """A copy with the given (uncommitted) attempts' effects taken back; self is unchanged."""
