@@ -39,6 +39,7 @@ from ._refs import (
     SessionRef as SessionRef,
     SessionRefRegistry as SessionRefRegistry,
     SessionRefSerializable as SessionRefSerializable,
+    StepRefs as StepRefs,
 )
 from ._retry import RetryPolicy as RetryPolicy
 from ._run import RunStatus as RunStatus, Usage as Usage, WorkflowResult as WorkflowResult

@@ -10,9 +10,12 @@
 The checker runs your workflow once without interruption and once paused at the planned
 virtual times (each pause in either mode, its snapshot round-tripped through bytes and resumed
 in a fresh run, or resumed in place), and asserts both give the same result, the same final
-state and the same multiset of committed step executions. The workflow must be deterministic:
-the same input gives the same events and state whatever the task interleaving (use
-order-insensitive fan-in, and derive `InputRequestEvent.request_id` from the input).
+state, the same multiset of committed step executions and (with `Workflow(history=True)`) the
+same failed attempts. The workflow must be deterministic: the same input gives the same events
+and state whatever the task interleaving (use order-insensitive fan-in, derive
+`InputRequestEvent.request_id` from the input, and do not let concurrent steps
+read-modify-write one state key: a cancelled attempt's write is left alone once another step
+has overwritten it).
 
 The strategies generate what a workflow's own property tests need: `state_values()` (values
 `ctx.set` can hold that survive a snapshot), `events(MyEvent)` (instances of an event class,
@@ -45,12 +48,14 @@ from ._events import DynamicEvent, Event, InputRequestEvent, StreamLagged
 from ._handler import WorkflowHandler
 from ._history import HistoryEntry, HistoryKind
 from ._refs import SessionRef
+from ._run import WorkflowResult
 from ._snapshot import EncodedEvent, PendingEvent, SerializedRef, UsageTotals, WorkflowSnapshot
 from ._workflow import Workflow
 
 Codec = Literal["msgpack", "json"]
 Responder = Callable[[InputRequestEvent], Any]
 Execution = tuple[str, bytes]
+Failure = tuple[str | None, int | None, str | None]
 E = TypeVar("E", bound=Event)
 
 DEFAULT_TIME_LIMIT = 86_400.0
@@ -95,13 +100,17 @@ class RunRecord:
     """What a run produced, as the invariant checker compares it.
 
     `executions` counts committed step executions as `(step name, encoded input event)`;
-    `resumes` is how many times the run was resumed from a snapshot.
+    `failures` counts failed step attempts as `(step name, attempt, error text)`, read from
+    the run's history (so empty unless `Workflow(history=True)`): with it, a retry count lost
+    across a pause shows as extra failures. `resumes` is how many times the run was resumed
+    from a snapshot.
     """
 
     result: Any
     state: dict[str, Any]
     executions: Counter[Execution]
     resumes: int = 0
+    failures: Counter[Failure] = attrs.field(factory=Counter)
 
 
 def _round_trip(snapshot: WorkflowSnapshot, codec: Codec) -> WorkflowSnapshot:
@@ -164,14 +173,25 @@ class _Recorder:
                         nursery.start_soon(_answer_requests, handler, events, self.respond)
                     outcome = await body(handler)
                     nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # The run's error (or the responder's), not a group around it.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0]  # noqa: B904  # its own cause stays attached
+                raise
             finally:
                 self.executions.update(
                     (step, msgspec.json.encode(encode_event(ev))) for step, ev in run.commit_log
                 )
             return outcome
 
-    def record(self, handler: WorkflowHandler, result: Any, resumes: int) -> RunRecord:
-        return RunRecord(result, dict(handler._run.state.values), self.executions, resumes)
+    def record(self, handler: WorkflowHandler, result: WorkflowResult, resumes: int) -> RunRecord:
+        failures: Counter[Failure] = Counter(
+            (entry.step, entry.attempt, entry.detail)
+            for entry in result.history or ()
+            if entry.kind is HistoryKind.STEP_FAILED
+        )
+        state = dict(handler._run.state.values)
+        return RunRecord(result.result, state, self.executions, resumes, failures)
 
 
 async def run_uninterrupted(
@@ -186,7 +206,7 @@ async def run_uninterrupted(
 
     async def finish(handler: WorkflowHandler) -> RunRecord:
         result = await handler.result()
-        return recorder.record(handler, result.result, 0)
+        return recorder.record(handler, result, 0)
 
     record: RunRecord = await recorder.segment(input, None, finish)
     return record
@@ -228,7 +248,7 @@ async def run_with_pauses(
             await handler.abort()
             return taken
         result = await handler.result()
-        return recorder.record(handler, result.result, resumes)
+        return recorder.record(handler, result, resumes)
 
     while True:
         outcome = await recorder.segment(input, snapshot, pause_then_finish)
@@ -246,15 +266,19 @@ def _diff(what: str, expected: object, actual: object) -> str:
 
 
 def assert_same_run(expected: RunRecord, actual: RunRecord) -> None:
-    """Result, final state and committed executions must be equal (`AssertionError` if not)."""
+    """Result, final state, committed executions and failed attempts must be equal.
+
+    Raises `AssertionError` saying what differs.
+    """
     assert actual.result == expected.result, _diff("result", expected.result, actual.result)
     assert actual.state == expected.state, _diff("final state", expected.state, actual.state)
+    assert actual.failures == expected.failures, _diff(
+        "failed attempts", dict(expected.failures), dict(actual.failures)
+    )
     missing = expected.executions - actual.executions
     extra = actual.executions - expected.executions
-    assert not missing and not extra, (
-        f"committed step executions differ after pause/resume:\n"
-        f"  missing: {dict(missing)!r}\n  extra:   {dict(extra)!r}"
-    )
+    assert not missing, f"committed step executions missing after pause/resume: {dict(missing)!r}"
+    assert not extra, f"extra committed step executions after pause/resume: {dict(extra)!r}"
 
 
 def check_pause_resume(
@@ -355,9 +379,7 @@ def _hashable_values() -> st.SearchStrategy[Any]:
         st.timedeltas(),
         st.uuids(),
         st.sampled_from(SampleShade),
-        st.builds(
-            SampleDataclass, name=st.text(), size=_INT64, shade=st.sampled_from(SampleShade)
-        ),
+        st.builds(SampleDataclass, name=st.text(), size=_INT64, shade=st.sampled_from(SampleShade)),
         st.builds(SampleAttrs, label=st.text(), count=_INT64),
         st.builds(SampleStruct, key=st.text(), when=st.datetimes(timezones=_UTC_OFFSETS)),
     )
@@ -473,6 +495,11 @@ def _for_type(tp: Any) -> st.SearchStrategy[Any]:
     return st.from_type(tp)
 
 
+def _deferred(tp: Any) -> st.SearchStrategy[Any]:
+    """`_for_type(tp)`, built when first drawn from (a Struct may contain itself)."""
+    return st.deferred(lambda: _for_type(tp))
+
+
 def _structs(cls: type[Any]) -> st.SearchStrategy[Any]:
     if cls is DynamicEvent:  # its data is kept as wire forms, as in a snapshot
         return st.builds(
@@ -480,10 +507,7 @@ def _structs(cls: type[Any]) -> st.SearchStrategy[Any]:
             type_id=st.text(min_size=1, max_size=16),
             data=st.dictionaries(st.text(max_size=8), _wire_values(), max_size=3),
         )
-    fields = {
-        field.name: st.deferred(lambda tp=field.type: _for_type(tp))
-        for field in msgspec.structs.fields(cls)
-    }
+    fields = {field.name: _deferred(field.type) for field in msgspec.structs.fields(cls)}
     return st.builds(cls, **fields)
 
 

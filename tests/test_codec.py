@@ -18,8 +18,7 @@ import attrs
 import msgspec
 import pytest
 from _snapshot_strategies import supported_values, wire_forms
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from blazen_trio import (
     DynamicEvent,

@@ -11,8 +11,7 @@ from typing import Any, Self
 
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import blazen_trio as bz
 from blazen_trio._refs import (

@@ -10,8 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from _snapshot_strategies import snapshots
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from blazen_trio import DynamicEvent, SnapshotError, StartEvent
 from blazen_trio._codec import decode_event, decode_value, encode_event, encode_value
