@@ -45,20 +45,7 @@ import msgspec
 from cattrs.preconf.json import make_converter
 
 from ._errors import SnapshotError
-from ._events import (
-    DynamicEvent,
-    Event,
-    InputRequestEvent,
-    InputResponseEvent,
-    StartEvent,
-    StepCompleted,
-    StepErrored,
-    StepStarted,
-    StopEvent,
-    StreamLagged,
-    UsageEvent,
-    event_type_id,
-)
+from ._events import BUILTIN_EVENTS, DynamicEvent, Event, event_type_id
 
 if TYPE_CHECKING:
     from ._refs import SessionRef
@@ -689,25 +676,13 @@ def _check_wire(value: Any, depth: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 # Events
 
-_BUILTIN_EVENTS: Final[tuple[type[Event], ...]] = (
-    StartEvent,
-    StopEvent,
-    InputRequestEvent,
-    InputResponseEvent,
-    UsageEvent,
-    StepStarted,
-    StepCompleted,
-    StepErrored,
-    StreamLagged,
-)
-
 
 def known_event_types(types: Iterable[type[Event]]) -> dict[str, type[Event]]:
     """Type id -> class for `types` and the built-in events, for `decode_event`.
 
     `DynamicEvent` is not among them: it never travels under its own type id.
     """
-    known = {event_type_id(cls): cls for cls in _BUILTIN_EVENTS}
+    known = {event_type_id(cls): cls for cls in BUILTIN_EVENTS}
     known.update((event_type_id(cls), cls) for cls in types)
     return known
 

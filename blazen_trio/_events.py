@@ -154,3 +154,22 @@ class StreamLagged(Event, type_id="blazen.StreamLagged"):
     """A slow stream subscriber lost its `missed` oldest events; loss is never silent."""
 
     missed: int
+
+
+STREAM_ONLY_EVENTS: tuple[type[Event], ...] = (
+    UsageEvent,
+    StepStarted,
+    StepCompleted,
+    StepErrored,
+    StreamLagged,
+)
+"""Built-in events that only travel on the stream: no step needs to accept them."""
+
+BUILTIN_EVENTS: tuple[type[Event], ...] = (
+    StartEvent,
+    StopEvent,
+    InputRequestEvent,
+    InputResponseEvent,
+    *STREAM_ONLY_EVENTS,
+)
+"""Every built-in event a snapshot may hold (`DynamicEvent` travels under its own ids)."""

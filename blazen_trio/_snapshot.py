@@ -118,15 +118,7 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         `migrations` (version N -> function upgrading a raw dict to N + 1) are merged over
         `DEFAULT_MIGRATIONS`. Raises `SnapshotError` for anything that is not a valid snapshot.
         """
-        given: object = data  # the annotation is a promise callers may break
-        if not isinstance(given, bytes | bytearray | memoryview):
-            raise SnapshotError(
-                f"WorkflowSnapshot.from_bytes expects bytes, got {type(given).__name__}"
-            )
-        try:
-            raw = _codec.msgpack_decode_raw(data)
-        except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
-            raise SnapshotError(f"not a MessagePack snapshot: {exc}") from exc
+        raw = _decode_raw(data, _codec.msgpack_decode_raw, "MessagePack", "from_bytes")
         return _from_raw(raw, migrations)
 
     @classmethod
@@ -137,15 +129,7 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         migrations: Mapping[int, Migration] | None = None,
     ) -> WorkflowSnapshot:
         """Decode `to_json()` output (bytes or str); as `from_bytes` otherwise."""
-        given: object = data  # the annotation is a promise callers may break
-        if not isinstance(given, bytes | bytearray | memoryview | str):
-            raise SnapshotError(
-                f"WorkflowSnapshot.from_json expects bytes or str, got {type(given).__name__}"
-            )
-        try:
-            raw = _codec.json_decode_raw(data)
-        except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
-            raise SnapshotError(f"not a JSON snapshot: {exc}") from exc
+        raw = _decode_raw(data, _codec.json_decode_raw, "JSON", "from_json")
         return _from_raw(raw, migrations)
 
 
@@ -153,6 +137,23 @@ def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
     """Raise `SnapshotError` unless `snapshot` was taken from the workflow called `name`."""
     if snapshot.workflow_name != name:
         raise SnapshotError(f"snapshot is of workflow {snapshot.workflow_name!r}, not {name!r}")
+
+
+def _decode_raw(
+    data: object, decode: Callable[[Any], dict[str, Any]], codec: str, method: str
+) -> dict[str, Any]:
+    """The raw builtins of a snapshot; every way the input can be wrong is a SnapshotError."""
+    text_too = method == "from_json"
+    accepted = (bytes, bytearray, memoryview, str) if text_too else (bytes, bytearray, memoryview)
+    if not isinstance(data, accepted):
+        wanted = "bytes or str" if text_too else "bytes"
+        raise SnapshotError(
+            f"WorkflowSnapshot.{method} expects {wanted}, got {type(data).__name__}"
+        )
+    try:
+        return decode(data)
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
 
 
 def _from_raw(raw: dict[str, Any], migrations: Mapping[int, Migration] | None) -> WorkflowSnapshot:

@@ -16,16 +16,12 @@ from ._broadcast import DEFAULT_REPLAY
 from ._checks import is_count, is_optional_duration
 from ._errors import SnapshotError, ValidationError
 from ._events import (
+    STREAM_ONLY_EVENTS,
     Event,
     InputRequestEvent,
     InputResponseEvent,
     StartEvent,
-    StepCompleted,
-    StepErrored,
-    StepStarted,
     StopEvent,
-    StreamLagged,
-    UsageEvent,
     event_type_id,
 )
 from ._handler import WorkflowHandler
@@ -39,15 +35,7 @@ if TYPE_CHECKING:
 from ._steps import StepSpec, _Options, read_step
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
-_NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (
-    StopEvent,
-    InputRequestEvent,
-    UsageEvent,
-    StepStarted,
-    StepCompleted,
-    StepErrored,
-    StreamLagged,
-)
+_NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
 
 
 @attrs.frozen
