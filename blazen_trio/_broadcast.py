@@ -39,7 +39,8 @@ class Broadcast:
         self._first_seq = 1  # sequence number of self._ring[0]
         self._last_seq = 0  # sequence number of the newest event published
         self._replay = replay
-        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        # Held weakly: a stream dropped without closing stops counting (see _forget).
+        self._subscribers: dict[int, weakref.ref[EventStream]] = {}
         self._capacity = replay
         self._stale_capacity = False
         self._new_events = trio.lowlevel.ParkingLot()
@@ -69,23 +70,25 @@ class Broadcast:
         start = self._first_seq if replay else self._last_seq + 1
         stream = EventStream(self, buffer, start)
         if not self.closed or replay:
-            self._subscribers.add(stream)
+            key = id(stream)
+            self._subscribers[key] = weakref.ref(stream, lambda _: self._forget(key))
             self._capacity = max(self._capacity, buffer)
-            # A stream dropped without closing leaves the WeakSet; the ring shrinks at the
-            # next publish (not in the finalizer, which may run in the middle of one).
-            weakref.finalize(stream, self._mark_stale)
         return stream
 
-    def _mark_stale(self) -> None:
+    def _forget(self, key: int) -> None:
+        """A stream was dropped without closing. Only flags the ring for resizing at the next
+        publish: this runs from the garbage collector, possibly in the middle of one."""
+        self._subscribers.pop(key, None)
         self._stale_capacity = True
 
     def unsubscribe(self, stream: EventStream) -> None:
-        self._subscribers.discard(stream)
+        self._subscribers.pop(id(stream), None)
         self._resize()
 
     def _resize(self) -> None:
         self._stale_capacity = False
-        self._capacity = max([self._replay, *(s.buffer for s in self._subscribers)])
+        live = [ref() for ref in list(self._subscribers.values())]
+        self._capacity = max([self._replay, *(s.buffer for s in live if s is not None)])
         self._trim()
 
     def statistics(self) -> StreamStatistics:

@@ -200,7 +200,8 @@ class Run:
         self.usage = Usage()
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
-        self.finished = trio.Event()
+        self.finished = trio.Event()  # set once every task of the run has exited
+        self._ended = trio.Event()  # set when the outcome is known
         self.broadcast = Broadcast(workflow.stream_replay)
         self.history = History(workflow.history_limit) if workflow.history else None
         # Outstanding input requests by id, in the order they were made.
@@ -226,27 +227,37 @@ class Run:
         self._scope = trio.CancelScope()
         self.clock = _ActiveClock(self._scope, workflow.timeout, active_time)
         self._nursery: trio.Nursery | None = None
-        # Unbounded on purpose: a step's commit must never block or be dropped, and what waits
-        # here is bounded by the commands callers sent plus the commits queued behind them.
-        self._inbox_send, self._inbox = trio.open_memory_channel[Message](math.inf)
+        # Opened by the first command (most runs never get one): see _post.
+        self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
 
     # -- the run's task ------------------------------------------------------------------
 
-    async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Run until the first StopEvent, a failure, the timeout or cancellation.
+    async def drive(self, first_work: Callable[[], object]) -> None:
+        """Run in this task until the first StopEvent, a failure, the timeout or cancellation.
 
-        Nothing is routed until `begin` or `restore`, so the starter can subscribe first.
+        `first_work` is called once the run's nursery is open (it routes the start event,
+        restores a snapshot, or tells `nursery.start` that the run is ready).
         """
         try:
             with self._scope:
                 self.clock.start()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._serve_inbox)
-                    task_status.started()
+                    try:
+                        first_work()
+                    except WorkflowError as error:  # e.g. a snapshot that cannot be restored
+                        self.fail(error)
+                    await self._ended.wait()
         finally:
             self._settle()
+
+    async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """`drive`, as a task of the starter's nursery (for `Workflow.start`).
+
+        Nothing is routed until `begin` or `restore`, so the starter can subscribe first.
+        """
+        await self.drive(task_status.started)
 
     def record_resumed(self) -> None:
         self._record(HistoryKind.RUN_RESUMED)
@@ -262,25 +273,38 @@ class Run:
                 self._finish(WorkflowTimeout(self.workflow.timeout or 0.0), RunStatus.FAILED)
             else:
                 self._finish(WorkflowAborted(f"run {self.run_id} was cancelled"), RunStatus.ABORTED)
-        self._inbox_send.close()
-        ended = RunFinished(f"run {self.run_id} ended ({self.status})")
-        while True:
-            try:
-                self._inbox.receive_nowait().reject(ended)
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        if self._inbox_send is not None:
+            self._inbox_send.close()
         self.finished.set()
 
-    async def _serve_inbox(self) -> None:
-        async for message in self._inbox:
-            self._inbox_backlog -= 1
-            message.apply(self)
+    def _post(self, message: Message) -> None:
+        """Queue a message for the inbox task, starting it with the first message."""
+        if self._inbox_send is None:
+            assert self._nursery is not None
+            # Unbounded on purpose: a commit must never block or be dropped, and what waits
+            # here is bounded by the commands callers sent plus the commits queued behind them.
+            self._inbox_send, inbox = trio.open_memory_channel[Message](math.inf)
+            self._nursery.start_soon(self._serve_inbox, inbox)
+        self._inbox_backlog += 1
+        self._inbox_send.send_nowait(message)
+
+    async def _serve_inbox(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        try:
+            async for message in inbox:
+                self._inbox_backlog -= 1
+                message.apply(self)
+        finally:  # the run ended: what is still queued gets its answer
+            ended = RunFinished(f"run {self.run_id} ended ({self.status})")
+            while True:
+                try:
+                    inbox.receive_nowait().reject(ended)
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
 
     async def command(self, command: Command[Any]) -> Any:
         """Send a control command through the inbox and wait for the run's answer."""
         self.check_running(type(command).__name__.lower())
-        self._inbox_backlog += 1
-        self._inbox_send.send_nowait(command)
+        self._post(command)
         return await command.reply.wait()
 
     def spawn(self, ready: Sequence[Invocation]) -> None:
@@ -359,8 +383,7 @@ class Run:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
         invocation.closed = True
         if self._inbox_backlog:
-            self._inbox_backlog += 1
-            self._inbox_send.send_nowait(QueuedCommit(invocation, events))
+            self._post(QueuedCommit(invocation, events))
             return None
         ready = self.commit(invocation, events)
         if not ready:
@@ -681,12 +704,27 @@ class Run:
         else:
             self.outcome = outcome
         self.status = status
-        self._scope.cancel()
+        self._ended.set()
+        if self._others_running():
+            self._scope.cancel()
         self.broadcast.close()
         ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
         for reply in self._pause_replies:
             reply.fail(ended)
         self._pause_replies.clear()
+
+    def _others_running(self) -> bool:
+        """Whether a task besides the caller is still in the run (to be cancelled).
+
+        A run whose last step just emitted the StopEvent ends without raising Cancelled
+        anywhere, which keeps short runs cheap.
+        """
+        if self._nursery is None:
+            return False
+        if self._inbox_send is not None:
+            return True  # the inbox task waits on its channel until cancelled
+        current = trio.lowlevel.current_task()
+        return any(task is not current for task in self._nursery.child_tasks)
 
     def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
         if self.history is None:

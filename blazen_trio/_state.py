@@ -91,10 +91,31 @@ UndoLog = list[UndoRecord]
 
 
 def _match(buffer: Sequence[Event], expected: Sequence[type[Event]]) -> list[int] | None:
-    """Buffer indices, one per expected type (a maximum bipartite matching), or None.
+    """Buffer indices, one per expected type, earliest events first; None if some lack one."""
+    kinds = set(expected)
+    if any(a is not b and issubclass(a, b) for a in kinds for b in kinds):
+        return _match_overlapping(buffer, expected)
+    # Unrelated types: each event fits one kind at most, so first come, first taken.
+    waiting: dict[type[Event], list[int]] = {kind: [] for kind in kinds}
+    for index, event in enumerate(buffer):
+        for kind in kinds:
+            if isinstance(event, kind):
+                waiting[kind].append(index)
+                break
+    chosen: list[int] = []
+    taken = dict.fromkeys(kinds, 0)
+    for kind in expected:
+        if taken[kind] == len(waiting[kind]):
+            return None
+        chosen.append(waiting[kind][taken[kind]])
+        taken[kind] += 1
+    return chosen
 
-    Earlier events are preferred, so a collection takes what arrived first.
-    """
+
+def _match_overlapping(
+    buffer: Sequence[Event], expected: Sequence[type[Event]]
+) -> list[int] | None:
+    """A maximum bipartite matching, for expected types that include a class and its base."""
     owner: dict[int, int] = {}  # buffer index -> expected position
 
     def place(position: int, seen: set[int]) -> bool:
@@ -150,7 +171,7 @@ class RunState:
     def collect(
         self, step: str, event: Event, expected: Sequence[type[Event]], log: UndoLog
     ) -> list[Event] | None:
-        if not any(isinstance(event, wanted) for wanted in expected):
+        if not isinstance(event, tuple(set(expected))):
             raise ValueError(
                 f"collect_events: {type(event).__qualname__} is not among the expected types "
                 f"{[t.__qualname__ for t in expected]}"
@@ -158,6 +179,8 @@ class RunState:
         buffer = self.buffers.setdefault(step, [])
         buffer.append(event)
         log.append(_CollectAdd(step, event))
+        if len(buffer) < len(expected):
+            return None
         indices = _match(buffer, expected)
         if indices is None:
             return None

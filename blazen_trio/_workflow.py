@@ -203,8 +203,9 @@ class Workflow:
         `input` is the start event if it is an Event, else wrapped as `StartEvent(data=input)`.
         `resume=snapshot` goes on with a snapshotted run instead (same workflow name).
         """
-        async with self.start(input, resume=resume) as handler:
-            return await handler.result()
+        run = self._new_run(input, resume)
+        await run.drive(lambda: self._first_work(run, input, resume))
+        return await WorkflowHandler(run).result()
 
     @asynccontextmanager
     async def start(
