@@ -66,7 +66,7 @@ _MAX_DEPTH: Final = 100
 _MAX_WIRE_DEPTH: Final = 400
 
 
-class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event in a snapshot: its type id and `{field name: wire form}`.
 
     Defined here so the codec needs nothing from `_snapshot` (which needs the codec);

@@ -34,7 +34,7 @@ class HistoryKind(StrEnum):
     ABORTED = "aborted"
 
 
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One thing that happened in a run; `sequence` strictly increases within the run.
 
     A msgspec Struct (not attrs) because history travels inside snapshots as-is.

@@ -11,6 +11,7 @@ import datetime as dt
 import math
 import types
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 import msgspec
@@ -30,7 +31,7 @@ DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType({})
 """The built-in migrations, keyed by the version they upgrade from (none yet)."""
 
 
-class SerializedRef(msgspec.Struct, frozen=True, kw_only=True):
+class SerializedRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A live session ref in serialized form, restored under its original key on resume."""
 
     key: str
@@ -40,7 +41,7 @@ class SerializedRef(msgspec.Struct, frozen=True, kw_only=True):
     data: str  # base64 of the serialized bytes
 
 
-class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event routed but not yet handled: it is delivered on resume.
 
     `target_step` is set when the event is owed to one step only (say, the input of an
@@ -53,7 +54,7 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
 
 
-class UsageTotals(msgspec.Struct, frozen=True, kw_only=True):
+class UsageTotals(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Token usage and cost summed over a run."""
 
     prompt_tokens: int = 0
@@ -88,7 +89,20 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds of active run time used so far (the workflow timeout counts only those)."""
 
     def __post_init__(self) -> None:
-        problems = _problems(self)
+        # Decoding checks structure only: the values are checked when they are decoded on
+        # resume (`decode_value` / `decode_event`), so reading a big snapshot stays fast.
+        self._raise_problems(deep=not _DECODING.get())
+
+    def validate(self) -> None:
+        """Check every value is a wire form now, not when the snapshot is resumed.
+
+        Construction checks this; decoding checks only the structure, since resuming decodes
+        (and so checks) every value anyway. Raises `SnapshotError` saying where.
+        """
+        self._raise_problems(deep=True)
+
+    def _raise_problems(self, *, deep: bool) -> None:
+        problems = _problems(self, deep=deep)
         if problems:
             raise SnapshotError("invalid snapshot: " + "; ".join(problems))
 
@@ -118,7 +132,10 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         `migrations` (version N -> function upgrading a raw dict to N + 1) are merged over
         `DEFAULT_MIGRATIONS`. Raises `SnapshotError` for anything that is not a valid snapshot.
         """
-        raw = _decode_raw(data, _codec.msgpack_decode_raw, "MessagePack", "from_bytes")
+        _check_input(data, "from_bytes")
+        if _peek_version(data, _MSGPACK_VERSION, "MessagePack") == SNAPSHOT_VERSION:
+            return _decode_current(data, _MSGPACK_SNAPSHOT, "MessagePack")
+        raw = _decode_raw(data, _codec.msgpack_decode_raw, "MessagePack")
         return _from_raw(raw, migrations)
 
     @classmethod
@@ -129,7 +146,10 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         migrations: Mapping[int, Migration] | None = None,
     ) -> WorkflowSnapshot:
         """Decode `to_json()` output (bytes or str); as `from_bytes` otherwise."""
-        raw = _decode_raw(data, _codec.json_decode_raw, "JSON", "from_json")
+        _check_input(data, "from_json")
+        if _peek_version(data, _JSON_VERSION, "JSON") == SNAPSHOT_VERSION:
+            return _decode_current(data, _JSON_SNAPSHOT, "JSON")
+        raw = _decode_raw(data, _codec.json_decode_raw, "JSON")
         return _from_raw(raw, migrations)
 
 
@@ -139,10 +159,22 @@ def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
         raise SnapshotError(f"snapshot is of workflow {snapshot.workflow_name!r}, not {name!r}")
 
 
-def _decode_raw(
-    data: object, decode: Callable[[Any], dict[str, Any]], codec: str, method: str
-) -> dict[str, Any]:
-    """The raw builtins of a snapshot; every way the input can be wrong is a SnapshotError."""
+_DECODING: ContextVar[bool] = ContextVar("blazen_trio_decoding_snapshot", default=False)
+
+
+class _Version(msgspec.Struct):
+    """Just the version of an encoded snapshot (the rest is skipped by the decoder)."""
+
+    version: Any = 1  # snapshots before the field existed were version 1; checked below
+
+
+_MSGPACK_VERSION: Final = msgspec.msgpack.Decoder(_Version)
+_JSON_VERSION: Final = msgspec.json.Decoder(_Version)
+_MSGPACK_SNAPSHOT: Final = msgspec.msgpack.Decoder(WorkflowSnapshot)
+_JSON_SNAPSHOT: Final = msgspec.json.Decoder(WorkflowSnapshot)
+
+
+def _check_input(data: object, method: str) -> None:
     text_too = method == "from_json"
     accepted = (bytes, bytearray, memoryview, str) if text_too else (bytes, bytearray, memoryview)
     if not isinstance(data, accepted):
@@ -150,6 +182,39 @@ def _decode_raw(
         raise SnapshotError(
             f"WorkflowSnapshot.{method} expects {wanted}, got {type(data).__name__}"
         )
+
+
+def _peek_version(data: Any, decoder: Any, codec: str) -> int:
+    try:
+        version = decoder.decode(data).version
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
+    if type(version) is not int:
+        raise SnapshotError(f"snapshot version must be an int, got {version!r}")
+    if version > SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"snapshot version {version} is newer than this blazen_trio supports "
+            f"({SNAPSHOT_VERSION})"
+        )
+    return version
+
+
+def _decode_current(data: Any, decoder: Any, codec: str) -> WorkflowSnapshot:
+    """A current-version snapshot, typed by msgspec in one pass."""
+    token = _DECODING.set(True)
+    try:
+        snapshot: WorkflowSnapshot = decoder.decode(data)
+    except SnapshotError:  # from __post_init__: it already says what is wrong
+        raise
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"invalid {codec} snapshot: {exc}") from exc
+    finally:
+        _DECODING.reset(token)
+    return snapshot
+
+
+def _decode_raw(data: Any, decode: Callable[[Any], dict[str, Any]], codec: str) -> dict[str, Any]:
+    """An older snapshot as builtins, for the migrations."""
     try:
         return decode(data)
     except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
@@ -206,7 +271,7 @@ def _migrate(
     return raw
 
 
-def _problems(snapshot: WorkflowSnapshot) -> list[str]:
+def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
     """What would keep `snapshot` from encoding losslessly, or break resuming it."""
     problems: list[str] = []
     if snapshot.version != SNAPSHOT_VERSION:
@@ -218,6 +283,9 @@ def _problems(snapshot: WorkflowSnapshot) -> list[str]:
         problems.append(f"active_time must be finite and >= 0, got {snapshot.active_time!r}")
     if not math.isfinite(snapshot.usage.cost_usd):
         problems.append(f"usage.cost_usd must be finite, got {snapshot.usage.cost_usd!r}")
+
+    if not deep:
+        return problems
 
     def check(value: Any, where: str) -> None:
         problem = _codec.find_non_wire(value)

@@ -618,3 +618,10 @@ def test_any_event_data_round_trips(data: dict[str, Any]) -> None:
     back = decode_event(encoded, KNOWN)
     assert isinstance(back, StartEvent)
     assert same(back.data, data)
+
+
+@pytest.mark.parametrize("bad", [b"raw", msgspec.msgpack.Ext(1, b"x")])
+def test_a_value_that_is_not_a_wire_form_fails_its_decoding_naming_the_key(bad: Any) -> None:
+    """Decoding a snapshot checks structure only; each value is checked when resumed, here."""
+    with pytest.raises(SnapshotError, match="key 'x'"):
+        decode_value(bad, key="x")
