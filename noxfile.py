@@ -32,4 +32,4 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
-    session.run("python", "examples/greeter.py")
+    session.run("python", "examples/word_report.py")
