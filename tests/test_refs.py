@@ -11,6 +11,7 @@ from typing import Any, Self
 
 import msgspec
 import pytest
+from _ref_objects import Connection
 from hypothesis import given, strategies as st
 
 import blazen_trio as bz
@@ -24,22 +25,6 @@ from blazen_trio._refs import (
     SessionRefRegistry,
 )
 from blazen_trio._snapshot import SerializedRef
-
-
-class Connection:
-    """Unpicklable (holds a lock) but serializable through the protocol."""
-
-    def __init__(self, dsn: str, *, restored: bool = False) -> None:
-        self.dsn = dsn
-        self.restored = restored
-        self.lock = threading.Lock()
-
-    def __blazen_serialize__(self) -> bytes:
-        return self.dsn.encode()
-
-    @classmethod
-    def __blazen_deserialize__(cls, data: bytes) -> Self:
-        return cls(data.decode(), restored=True)
 
 
 class PicklableWithProtocol:
@@ -335,7 +320,7 @@ def test_pickle_or_serialize_prefers_the_protocol(registry: SessionRefRegistry) 
     refs, metadata = registry.serialize(SessionPausePolicy.PICKLE_OR_SERIALIZE)
     assert metadata == {}
     assert refs[conn.key].codec == "protocol"
-    assert refs[conn.key].type_path == f"{__name__}:Connection"
+    assert refs[conn.key].type_path == "_ref_objects:Connection"
     assert base64.b64decode(refs[conn.key].data) == b"db://main"
     assert refs[both.key].codec == "protocol"
     assert refs[plain.key].codec == "pickle"

@@ -6,31 +6,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sized
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from _ref_objects import Connection
 
 import blazen_trio as bz
 
 DROPPED = "__blazen_dropped_session_refs"
-
-
-class Connection:
-    """Unpicklable (holds a lock) but serializable through the protocol."""
-
-    def __init__(self, dsn: str, *, restored: bool = False) -> None:
-        self.dsn = dsn
-        self.restored = restored
-        self.lock = threading.Lock()
-
-    def __blazen_serialize__(self) -> bytes:
-        return self.dsn.encode()
-
-    @classmethod
-    def __blazen_deserialize__(cls, data: bytes) -> Self:
-        return cls(data.decode(), restored=True)
 
 
 class Socket:
@@ -320,7 +305,7 @@ async def test_pickle_or_serialize_uses_the_protocol(
     snapshot = await paused_snapshot(workflow)
     key = only_ref_key(snapshot)
     assert snapshot.session_refs[key].codec == "protocol"
-    assert snapshot.session_refs[key].type_path == "test_session_refs_run:Connection"
+    assert snapshot.session_refs[key].type_path == "_ref_objects:Connection"
     seen.clear()
     result = await workflow.run(resume=bz.WorkflowSnapshot.from_bytes(snapshot.to_bytes()))
     assert result.result == ("Connection", key, [key])
