@@ -33,3 +33,11 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "examples/word_report.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite; LlamaIndex peers go in their own venvs under .bench-peers/."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks", "--setup-peers", ".bench-peers")
+    session.run("python", "-m", "benchmarks", *session.posargs)

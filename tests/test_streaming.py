@@ -713,3 +713,29 @@ async def test_a_cancelled_read_loses_no_lag_notice() -> None:
             Progress(i=2),
             bz.StopEvent(result="done"),
         ]
+
+
+async def test_a_reader_with_a_backlog_still_yields_to_other_tasks() -> None:
+    from blazen_trio._broadcast import YIELD_EVERY, Broadcast
+
+    broadcast = Broadcast()
+    stream = broadcast.subscribe(buffer=2048, replay=False)
+    for n in range(1000):
+        broadcast.publish(bz.StreamLagged(missed=n))
+    broadcast.close()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()  # the ticker is running
+        before = ticks
+        read = [event async for event in stream]
+        nursery.cancel_scope.cancel()
+    assert len(read) == 1000
+    assert ticks - before >= 1000 // YIELD_EVERY - 1

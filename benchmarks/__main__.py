@@ -1,0 +1,192 @@
+"""`python -m benchmarks`: measure blazen_trio, the Trio floor and the peers; print, save JSON.
+
+Jobs run one after another (never in parallel, so they do not share the CPU): the floor and the
+engine in this process (fresh-process scenarios in a child), each peer in a subprocess of its
+own venv. Exit status 1 if the floor or the engine failed a job; peers never fail the suite.
+"""
+
+import argparse
+import gc
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks._child import load_scenarios
+from benchmarks._measure import Job, measure_job
+from benchmarks._peers import DEFAULT_PEERS_DIR, FoundPeer, find_peers, run_child, setup_peers
+from benchmarks._plan import (
+    API,
+    FRESH_PROCESS,
+    FULL,
+    QUICK,
+    SCENARIOS,
+    Mode,
+    Plan,
+    Row,
+    plans,
+    rows,
+)
+from benchmarks._report import (
+    ENGINE,
+    FLOOR,
+    LEGEND,
+    Answer,
+    Results,
+    Table,
+    add_medians,
+    reason,
+    report_json,
+    write_json,
+)
+
+NOT_INSTALLED = "not installed (run nox -s bench)"
+
+CHILD_SLACK_S = 10.0
+"""How long after its job's deadline a fresh-process child of ours is killed."""
+
+CHILD_SLACK_S = 10.0
+"""Our own children stop themselves at the job timeout; the kill comes this much later."""
+
+
+def _peer_override(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def _scenario_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario {unknown}; pick from {SCENARIOS}")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds (CI smoke)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench-results.json"),
+        metavar="PATH",
+        help="where to write the raw figures (default: bench-results.json)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, metavar="N", help="kept rounds per job (default: 5, quick: 2)"
+    )
+    parser.add_argument(
+        "--only",
+        type=_scenario_list,
+        action="extend",
+        metavar="SCENARIO[,...]",
+        help=f"run only these scenarios: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--peer-python",
+        type=_peer_override,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="python of a peer venv (overrides PEERS_DIR/NAME)",
+    )
+    parser.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=DEFAULT_PEERS_DIR,
+        metavar="DIR",
+        help="where the peer venvs live (default: .bench-peers at the repo root)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer engines")
+    parser.add_argument(
+        "--setup-peers",
+        type=Path,
+        metavar="DIR",
+        help="create/refresh the peer venvs in DIR with pip, then exit",
+    )
+    return parser.parse_args(argv)
+
+
+def _own_answer(impl: str, plan: Plan, job: Job, mode: Mode) -> Answer:
+    """The floor's or the engine's answer for one job, in this process or a fresh one."""
+    if plan.scenario in FRESH_PROCESS:
+        # The child stops itself at the job's deadline; the kill is only a backstop.
+        backstop = mode.timeout_s + CHILD_SLACK_S
+        return run_child(sys.executable, "benchmarks._child", {**job, "impl": impl}, backstop)
+    scenarios = load_scenarios(impl)
+    if isinstance(scenarios, str):
+        return {"unsupported": scenarios}
+    gc.collect()
+    return measure_job(scenarios[plan.scenario], job, API[plan.scenario])
+
+
+def _progress(plan: Plan, column: str, answer: Answer, started: float) -> None:
+    medians = answer.get("median")
+    if isinstance(medians, dict):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in medians.items())
+    else:
+        shown = reason(answer) or "?"
+    took = time.perf_counter() - started
+    print(f"  {plan.key:<13} {column:<13} ({took:5.1f}s) {shown}", file=sys.stderr, flush=True)
+
+
+def collect(selected: list[Plan], mode: Mode, rounds: int, peers: list[FoundPeer]) -> Results:
+    results: Results = {ENGINE: {}, FLOOR: {}, **{peer.name: {} for peer in peers}}
+    for plan in selected:
+        job = plan.job(mode, rounds, mode.timeout_s)
+        for column, impl in ((FLOOR, "floor"), (ENGINE, "engine")):
+            started = time.perf_counter()
+            results[column][plan.key] = add_medians(_own_answer(impl, plan, job, mode))
+            _progress(plan, column, results[column][plan.key], started)
+        peer_job = plan.job(mode, rounds, mode.peer_timeout_s)
+        for peer in peers:
+            started = time.perf_counter()
+            answer: Answer = (
+                {"missing": NOT_INSTALLED}
+                if peer.python is None
+                else run_child(peer.python, peer.module, peer_job, mode.peer_timeout_s)
+            )
+            results[peer.name][plan.key] = add_medians(answer)
+            _progress(plan, peer.name, answer, started)
+    return results
+
+
+def _failed(results: Results) -> bool:
+    return any(
+        "error" in answer for column in (ENGINE, FLOOR) for answer in results[column].values()
+    )
+
+
+def _shown(row: Row, keys: set[str]) -> bool:
+    if row.scaling_of is not None:
+        return set(row.scaling_of) <= keys
+    return row.key in keys
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.setup_peers is not None:
+        setup_peers(args.setup_peers)
+        return 0
+    mode = QUICK if args.quick else FULL
+    rounds = args.rounds or mode.rounds
+    only = set(args.only or SCENARIOS)
+    selected = [plan for plan in plans(mode) if plan.scenario in only]
+    selected_keys = {plan.key for plan in selected}
+    peers = [] if args.no_peers else find_peers(args.peers_dir, dict(args.peer_python))
+    print(f"blazen_trio benchmarks, {mode.name} mode, {rounds} rounds", file=sys.stderr)
+    results = collect(selected, mode, rounds, peers)
+    shown = [row for row in rows(mode) if _shown(row, selected_keys)]
+    table = Table(results, shown, [peer.name for peer in peers])
+    print(table.render())
+    print(LEGEND)
+    pythons = {peer.name: str(peer.python) for peer in peers if peer.python is not None}
+    write_json(args.json, report_json(table, mode, rounds, selected, pythons))
+    print(f"JSON written to {args.json}")
+    return 1 if _failed(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
