@@ -363,21 +363,26 @@ class Run:
 
     async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
         spec = invocation.slot.spec
-        ctx = Context(self, invocation)
-        event = invocation.envelope.event
+        if spec.timeout is None:  # no scope of its own: the invocation's is enough
+            return await self._call(invocation)
         with trio.CancelScope() as scope:
-            if spec.timeout is not None:
-                scope.relative_deadline = spec.timeout
-            try:
-                if spec.context_position is None:
-                    return None, await spec.fn(event)
-                if spec.context_position == 0:
-                    return None, await spec.fn(ctx, event)
-                return None, await spec.fn(event, ctx)
-            except Exception as exc:  # a step's failure is data for the run
-                return exc, None
+            scope.relative_deadline = spec.timeout
+            return await self._call(invocation)
         assert scope.cancelled_caught
-        return StepTimeout(spec.name, spec.timeout or 0.0), None
+        return StepTimeout(spec.name, spec.timeout), None
+
+    async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
+        spec = invocation.slot.spec
+        event = invocation.envelope.event
+        try:
+            if spec.context_position is None:
+                return None, await spec.fn(event)
+            ctx = Context(self, invocation)
+            if spec.context_position == 0:
+                return None, await spec.fn(ctx, event)
+            return None, await spec.fn(event, ctx)
+        except Exception as exc:  # a step's failure is data for the run
+            return exc, None
 
     def _complete(self, invocation: Invocation, events: list[Event]) -> Invocation | None:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
