@@ -44,7 +44,7 @@ class Broadcast:
         self._subscribers: dict[int, weakref.ref[EventStream]] = {}
         self._capacity = replay
         self._stale_capacity = False
-        self._new_events = trio.lowlevel.ParkingLot()
+        self._new_events: trio.lowlevel.ParkingLot | None = None  # made by the first waiter
         self.closed = False
 
     def publish(self, event: Event) -> None:
@@ -63,7 +63,8 @@ class Broadcast:
     def close(self) -> None:
         """The run ended: subscribers drain what they hold, then their iteration ends."""
         self.closed = True
-        self._new_events.unpark_all()
+        if self._new_events is not None:
+            self._new_events.unpark_all()
 
     def subscribe(self, buffer: int, replay: bool) -> EventStream:
         if not is_count(buffer, 1):
@@ -117,6 +118,8 @@ class Broadcast:
         return event
 
     async def wait_for_events(self) -> None:
+        if self._new_events is None:
+            self._new_events = trio.lowlevel.ParkingLot()
         await self._new_events.park()
 
 

@@ -10,6 +10,8 @@ order of commits and commands. See docs/architecture.md.
 from __future__ import annotations
 
 import math
+import os
+import random
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -186,6 +188,16 @@ class _ActiveClock:
             self._scope.deadline = math.inf
 
 
+# Run ids are random UUIDs. A private generator (seeded from os.urandom, again after a fork)
+# costs far less per run than uuid.uuid4() and ignores the user's random.seed().
+_run_ids = random.Random()
+os.register_at_fork(after_in_child=_run_ids.seed)
+
+
+def _new_run_id() -> str:
+    return str(uuid.UUID(int=_run_ids.getrandbits(128), version=4))
+
+
 class Run:
     """The state and tasks of one workflow run; driven by `Workflow.start`."""
 
@@ -193,9 +205,9 @@ class Run:
         self, workflow: Workflow, *, run_id: str | None = None, active_time: float = 0.0
     ) -> None:
         self.workflow = workflow
-        self.run_id = run_id or str(uuid.uuid4())
+        self.run_id = run_id or _new_run_id()
         self.state = RunState()
-        self.refs = SessionRefRegistry()
+        self._refs: SessionRefRegistry | None = None  # made by the first use
         self.status = RunStatus.RUNNING
         self.usage = Usage()
         self.cost_usd = 0.0
@@ -230,6 +242,17 @@ class Run:
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
+
+    @property
+    def refs(self) -> SessionRefRegistry:
+        """The run's session-ref registry (most runs never use one)."""
+        if self._refs is None:
+            self._refs = SessionRefRegistry()
+        return self._refs
+
+    @refs.setter
+    def refs(self, registry: SessionRefRegistry) -> None:
+        self._refs = registry
 
     # -- the run's task ------------------------------------------------------------------
 
@@ -694,7 +717,10 @@ class Run:
         if self.outcome is not None:
             return
         self._record_end(outcome, status)
-        self.refs.release(RefLifetime.UNTIL_RUN_END, RefLifetime.UNTIL_PARENT_FINISH)
+        outliving: dict[str, Any] = {}
+        if self._refs is not None:
+            self._refs.release(RefLifetime.UNTIL_RUN_END, RefLifetime.UNTIL_PARENT_FINISH)
+            outliving = self._refs.live_objects()
         if isinstance(outcome, StopEvent):
             self.publish(outcome)  # the last event on the stream: closed right below
             self.outcome = WorkflowResult(
@@ -704,7 +730,7 @@ class Run:
                 self.usage,
                 self.cost_usd,
                 self.history_view,
-                self.refs.live_objects(),
+                outliving,
             )
         else:
             self.outcome = outcome
