@@ -148,8 +148,17 @@ class EventStream:
         # reads rather than every read: its backlog is bounded by its buffer, and a task
         # switch per event per subscriber is most of the cost of a wide fan-out.
         await trio.lowlevel.checkpoint_if_cancelled()
+        broadcast = self._broadcast
         while not self._closed:
-            event = self._broadcast.read(self)
+            seq = self.next_seq
+            if broadcast._first_seq <= seq <= broadcast._last_seq and (
+                broadcast._last_seq - seq < self.buffer
+            ):  # the fast path of `read`: the next event is there and we are not behind
+                self.last_sequence = seq
+                self.next_seq = seq + 1
+                event: Event | None = broadcast._ring[seq]
+            else:
+                event = broadcast.read(self)
             if event is not None:
                 self._reads_since_yield += 1
                 if self._reads_since_yield >= YIELD_EVERY:
