@@ -775,10 +775,6 @@ class Run:
 
     # -- views for snapshots -------------------------------------------------------------
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     def pending(self) -> list[Invocation]:
         """Every invocation not yet committed (queued or in flight), in commit order."""
         waiting = [inv for slot in self.slots for inv in slot.queue]
