@@ -335,30 +335,36 @@ class Run:
         for invocation in ready:
             self._nursery.start_soon(self._work, invocation)
 
-    async def _work(self, invocation: Invocation | None) -> None:
-        """A worker: runs an invocation, then whatever work its commit handed back."""
-        while invocation is not None:
-            invocation = await self._execute(invocation)
-            if invocation is not None:
-                await trio.lowlevel.checkpoint()
+    async def _work(self, invocation: Invocation) -> None:
+        """A worker: runs an invocation, then whatever work its commit handed back.
+
+        The worker's cancel scope is the handle `pause(cancel_in_flight=True)` cancels: it
+        holds one uncommitted invocation at a time (commits are synchronous), which goes back
+        to its queue; a paused run gives the worker nothing more to do.
+        """
+        current: Invocation | None = invocation
+        with trio.CancelScope() as scope:
+            while current is not None:
+                current.scope = scope
+                following = await self._execute(current)
+                current = following
+                if following is not None:
+                    following.scope = scope  # reachable by a pause during the checkpoint
+                    await trio.lowlevel.checkpoint()
+        if scope.cancelled_caught and current is not None:
+            self._record(HistoryKind.STEP_CANCELLED, step=current.slot.spec.name, detail="pause")
+            self._requeue(current)
 
     # -- one invocation ------------------------------------------------------------------
 
     async def _execute(self, invocation: Invocation) -> Invocation | None:
-        """Run one invocation to its commit; a pause may send it back to its queue."""
+        """Run one invocation to its commit; returns the worker's next invocation."""
         if self.outcome is not None:  # the run ended before this invocation started
             return None
         if self._paused:  # dispatched before the pause but not started: it waits
             self._requeue(invocation)
             return None
-        with trio.CancelScope() as scope:
-            invocation.scope = scope
-            following = await self._attempts(invocation)
-        if scope.cancelled_caught:  # pause(cancel_in_flight=True)
-            self._record(HistoryKind.STEP_CANCELLED, step=invocation.slot.spec.name, detail="pause")
-            self._requeue(invocation)
-            return None
-        return following
+        return await self._attempts(invocation)
 
     async def _attempts(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
