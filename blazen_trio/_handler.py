@@ -8,7 +8,6 @@ import attrs
 
 from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
 from ._control import Pause, RespondToInput, Resume, TakeSnapshot
-from ._errors import WorkflowError
 from ._events import InputRequestEvent
 from ._history import HistoryEntry
 from ._run import Run, RunStatus, Usage, WorkflowResult
@@ -64,11 +63,7 @@ class WorkflowHandler:
         Any number of tasks may wait; each gets the same result or error.
         """
         await self._run.finished.wait()
-        outcome = self._run.outcome
-        if isinstance(outcome, WorkflowError):
-            raise outcome.fresh()
-        assert outcome is not None
-        return outcome
+        return self._run.unwrap()
 
     @property
     def pending_input_requests(self) -> tuple[InputRequestEvent, ...]:

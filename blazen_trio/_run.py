@@ -164,8 +164,8 @@ def _failure(step_name: str, error: Exception) -> StepFailed:
 class _ActiveClock:
     """Active run time: stops while paused or only waiting for input; drives the timeout."""
 
-    def __init__(self, scope: trio.CancelScope, timeout: float | None, used: float) -> None:
-        self._scope = scope
+    def __init__(self, timeout: float | None, used: float) -> None:
+        self._scope: trio.CancelScope | None = None  # the run's, once it is open
         self._timeout = timeout
         self._used = used
         self._since: float | None = None
@@ -175,17 +175,19 @@ class _ActiveClock:
         running = trio.current_time() - self._since if self._since is not None else 0.0
         return self._used + running
 
-    def start(self) -> None:
+    def start(self, scope: trio.CancelScope | None = None) -> None:
+        self._scope = scope or self._scope
         if self._since is None:
             self._since = trio.current_time()
-            if self._timeout is not None:
+            if self._timeout is not None and self._scope is not None:
                 self._scope.deadline = self._since + self._timeout - self._used
 
     def stop(self) -> None:
         if self._since is not None:
             self._used = self.used
             self._since = None
-            self._scope.deadline = math.inf
+            if self._scope is not None:
+                self._scope.deadline = math.inf
 
 
 # Run ids are random UUIDs. A private generator (seeded from os.urandom, again after a fork)
@@ -236,8 +238,7 @@ class Run:
         self._paused = False
         self._pause_replies: list[Reply[None]] = []
         self._answering: dict[str, trio.CancelScope] = {}
-        self._scope = trio.CancelScope()
-        self.clock = _ActiveClock(self._scope, workflow.timeout, active_time)
+        self.clock = _ActiveClock(workflow.timeout, active_time)
         self._nursery: trio.Nursery | None = None
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
@@ -263,15 +264,16 @@ class Run:
         restores a snapshot, or tells `nursery.start` that the run is ready).
         """
         try:
-            with self._scope:
-                self.clock.start()
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    try:
-                        first_work()
-                    except WorkflowError as error:  # e.g. a snapshot that cannot be restored
-                        self.fail(error)
-                    await self._ended.wait()
+            # The nursery's own cancel scope is the run's: the workflow timeout is its
+            # deadline, and every way a run ends with tasks left cancels it.
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.clock.start(nursery.cancel_scope)
+                try:
+                    first_work()
+                except WorkflowError as error:  # e.g. a snapshot that cannot be restored
+                    self.fail(error)
+                await self._ended.wait()
         finally:
             self._settle()
 
@@ -292,7 +294,7 @@ class Run:
 
     def _settle(self) -> None:
         if self.outcome is None:
-            if self._scope.cancelled_caught:
+            if self._nursery is not None and self._nursery.cancel_scope.cancelled_caught:
                 self._finish(WorkflowTimeout(self.workflow.timeout or 0.0), RunStatus.FAILED)
             else:
                 self._finish(WorkflowAborted(f"run {self.run_id} was cancelled"), RunStatus.ABORTED)
@@ -742,26 +744,26 @@ class Run:
             self.outcome = outcome
         self.status = status
         self._ended.set()
-        if self._others_running():
-            self._scope.cancel()
+        self._cancel_the_rest()
         self.broadcast.close()
         ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
         for reply in self._pause_replies:
             reply.fail(ended)
         self._pause_replies.clear()
 
-    def _others_running(self) -> bool:
-        """Whether a task besides the caller is still in the run (to be cancelled).
+    def _cancel_the_rest(self) -> None:
+        """Cancel the run's tasks, if any besides the caller is left.
 
         A run whose last step just emitted the StopEvent ends without raising Cancelled
         anywhere, which keeps short runs cheap.
         """
-        if self._nursery is None:
-            return False
-        if self._inbox_send is not None:
-            return True  # the inbox task waits on its channel until cancelled
+        nursery = self._nursery
+        if nursery is None:
+            return
         current = trio.lowlevel.current_task()
-        return any(task is not current for task in self._nursery.child_tasks)
+        # The inbox task waits on its channel until cancelled.
+        if self._inbox_send is not None or any(t is not current for t in nursery.child_tasks):
+            nursery.cancel_scope.cancel()
 
     def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
         if self.history is None:
@@ -774,6 +776,14 @@ class Run:
             self._record(HistoryKind.ABORTED, detail=str(outcome))
         else:
             self._record(HistoryKind.FAILED, detail=str(outcome))
+
+    def unwrap(self) -> WorkflowResult:
+        """The result of a finished run, or its error (a fresh copy for each caller)."""
+        outcome = self.outcome
+        if isinstance(outcome, WorkflowError):
+            raise outcome.fresh()
+        assert outcome is not None, "the run has not finished"
+        return outcome
 
     def check_running(self, what: str) -> None:
         if self.outcome is not None:

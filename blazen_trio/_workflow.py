@@ -205,7 +205,7 @@ class Workflow:
         """
         run = self._new_run(input, resume)
         await run.drive(lambda: self._first_work(run, input, resume))
-        return await WorkflowHandler(run).result()
+        return run.unwrap()
 
     @asynccontextmanager
     async def start(
