@@ -105,3 +105,20 @@ def runs_scenario(
     kib = run_trio(idle_run_kib, n, concurrent_runs, parked_run)
     timed_round = timed(lambda: concurrent_runs(n))
     return lambda: {**timed_round(), "kib_per_idle_run": kib}
+
+
+def codec_metrics(
+    name: str, encode: Callable[[], bytes], decode: Callable[[bytes], object]
+) -> Metrics:
+    """Encode then decode once: the times of each half, their sum, and the encoded size."""
+    started = time.perf_counter()
+    encoded = encode()
+    encoded_at = time.perf_counter()
+    decode(encoded)
+    decoded_at = time.perf_counter()
+    return {
+        f"{name}_enc": encoded_at - started,
+        f"{name}_dec": decoded_at - encoded_at,
+        f"{name}_time": decoded_at - started,
+        f"{name}_bytes": float(len(encoded)),
+    }

@@ -11,7 +11,15 @@ from collections.abc import Awaitable, Callable
 import trio
 
 import blazen_trio as bz
-from benchmarks._common import Gate, count, in_fresh_loop, run_trio, runs_scenario, timed
+from benchmarks._common import (
+    Gate,
+    codec_metrics,
+    count,
+    in_fresh_loop,
+    run_trio,
+    runs_scenario,
+    timed,
+)
 from benchmarks._measure import Job, Metrics, Prepare
 
 YIELD_EVERY = 64
@@ -207,30 +215,14 @@ async def _paused_snapshot(keys: int, events: int) -> bz.WorkflowSnapshot:
         return await run.snapshot()
 
 
-def _codec_metrics(
-    name: str, encode: Callable[[], bytes], decode: Callable[[bytes], object]
-) -> Metrics:
-    started = time.perf_counter()
-    encoded = encode()
-    encoded_at = time.perf_counter()
-    decode(encoded)
-    decoded_at = time.perf_counter()
-    return {
-        f"{name}_enc": encoded_at - started,
-        f"{name}_dec": decoded_at - encoded_at,
-        f"{name}_time": decoded_at - started,
-        f"{name}_bytes": float(len(encoded)),
-    }
-
-
 def snapshot(job: Job) -> Callable[[], Metrics]:
     snap = run_trio(_paused_snapshot, count(job, "keys"), count(job, "events"))
     cls = type(snap)
 
     def one_round() -> Metrics:
         return {
-            **_codec_metrics("msgpack", snap.to_bytes, cls.from_bytes),
-            **_codec_metrics("json", snap.to_json, cls.from_json),
+            **codec_metrics("msgpack", snap.to_bytes, cls.from_bytes),
+            **codec_metrics("json", snap.to_json, cls.from_json),
             "pending": float(len(snap.pending_events)),
             "state_keys": float(len(snap.state)),
         }

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import trio
 
-from benchmarks._common import Gate, count, in_fresh_loop, runs_scenario, timed
+from benchmarks._common import Gate, codec_metrics, count, in_fresh_loop, runs_scenario, timed
 from benchmarks._measure import Job, Metrics, Prepare
 
 YIELD_EVERY = 64
@@ -206,29 +206,13 @@ def snapshot_data(keys: int, events: int) -> dict[str, object]:
     }
 
 
-def _codec_metrics(
-    name: str, encode: Callable[[object], bytes], decode: Callable[[bytes], object], data: object
-) -> Metrics:
-    started = time.perf_counter()
-    encoded = encode(data)
-    encoded_at = time.perf_counter()
-    decode(encoded)
-    decoded_at = time.perf_counter()
-    return {
-        f"{name}_enc": encoded_at - started,
-        f"{name}_dec": decoded_at - encoded_at,
-        f"{name}_time": decoded_at - started,
-        f"{name}_bytes": float(len(encoded)),
-    }
-
-
 def snapshot(job: Job) -> Callable[[], Metrics]:
     data = snapshot_data(count(job, "keys"), count(job, "events"))
 
     def one_round() -> Metrics:
         metrics = {
-            **_codec_metrics("json", lambda d: json.dumps(d).encode(), json.loads, data),
-            **_codec_metrics("pickle", pickle.dumps, pickle.loads, data),
+            **codec_metrics("json", lambda: json.dumps(data).encode(), json.loads),
+            **codec_metrics("pickle", lambda: pickle.dumps(data), pickle.loads),
         }
         # The stdlib way to keep such a run: json for the data, pickle for the objects.
         metrics["json_pickle_time"] = metrics["json_time"] + metrics["pickle_time"]
