@@ -16,7 +16,13 @@ from ._events import Event, InputRequestEvent
 from ._history import History
 from ._refs import DROPPED_REFS_METADATA_KEY, RefLifetime, SessionRefRegistry
 from ._run import Invocation, Run, Usage
-from ._snapshot import PendingEvent, UsageTotals, WorkflowSnapshot, check_workflow_name
+from ._snapshot import (
+    EncodedEvent,
+    PendingEvent,
+    UsageTotals,
+    WorkflowSnapshot,
+    check_workflow_name,
+)
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -70,8 +76,8 @@ def _known_types(workflow: Workflow) -> dict[str, type[Event]]:
     return known_event_types(t for spec in workflow.steps for t in (*spec.accepts, *spec.emits))
 
 
-def _decode_events(encoded: Iterable[object], known: dict[str, type[Event]]) -> list[Event]:
-    return [decode_event(item, known) for item in encoded]  # type: ignore[arg-type]
+def _decode_events(encoded: Iterable[EncodedEvent], known: dict[str, type[Event]]) -> list[Event]:
+    return [decode_event(item, known) for item in encoded]
 
 
 def restore(run: Run, snapshot: WorkflowSnapshot) -> None:

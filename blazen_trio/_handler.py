@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
 from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
@@ -11,9 +9,7 @@ from ._control import Pause, RespondToInput, Resume, TakeSnapshot
 from ._events import InputRequestEvent
 from ._history import HistoryEntry
 from ._run import Run, RunStatus, Usage, WorkflowResult
-
-if TYPE_CHECKING:
-    from ._snapshot import WorkflowSnapshot
+from ._snapshot import WorkflowSnapshot
 
 
 @attrs.define(eq=False)

@@ -7,12 +7,13 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
+from ._capture import restore
 from ._checks import is_count, is_optional_duration
 from ._errors import SnapshotError, ValidationError
 from ._events import (
@@ -29,9 +30,7 @@ from ._history import DEFAULT_HISTORY_LIMIT
 from ._refs import SessionPausePolicy
 from ._retry import RetryPolicy
 from ._run import InputHandler, Run, WorkflowResult
-
-if TYPE_CHECKING:
-    from ._snapshot import WorkflowSnapshot
+from ._snapshot import WorkflowSnapshot, check_workflow_name
 from ._steps import StepSpec, _Options, read_step
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
@@ -231,8 +230,6 @@ class Workflow:
     def _new_run(self, input: Any, resume: WorkflowSnapshot | None) -> Run:
         if resume is None:
             return Run(self)
-        from ._snapshot import WorkflowSnapshot, check_workflow_name
-
         if input is not None:
             raise TypeError("pass either input or resume=, not both")
         if not isinstance(resume, WorkflowSnapshot):
@@ -243,8 +240,6 @@ class Workflow:
     @staticmethod
     def _first_work(run: Run, input: Any, resume: WorkflowSnapshot | None) -> None:
         if resume is not None:
-            from ._capture import restore
-
             restore(run, resume)
         else:
             run.begin(input if isinstance(input, Event) else StartEvent(data=input))
