@@ -1,9 +1,15 @@
 """blazen_trio: an event-driven, pausable workflow engine for Trio applications."""
 
-from ._broadcast import EventStream as EventStream, StreamStatistics as StreamStatistics
+from ._broadcast import (
+    EventStream as EventStream,
+    StreamStatistics as StreamStatistics,
+    SubscriberStatistics as SubscriberStatistics,
+)
+from ._codec import WorkflowSnapshot as WorkflowSnapshot
 from ._context import Context as Context
 from ._errors import (
     NoHandler as NoHandler,
+    RunCrashed as RunCrashed,
     RunFinished as RunFinished,
     SessionRefError as SessionRefError,
     SessionRefsNotSerializable as SessionRefsNotSerializable,
@@ -31,25 +37,30 @@ from ._events import (
     UsageEvent as UsageEvent,
     event_type_id as event_type_id,
 )
-from ._handler import WorkflowHandler as WorkflowHandler
-from ._history import HistoryEntry as HistoryEntry, HistoryKind as HistoryKind
-from ._refs import (
+from ._handler import RunStatistics as RunStatistics, WorkflowHandler as WorkflowHandler
+from ._records import (
+    EncodedEvent as EncodedEvent,
+    HistoryEntry as HistoryEntry,
+    HistoryKind as HistoryKind,
+    PendingEvent as PendingEvent,
     RefLifetime as RefLifetime,
+    RunStatus as RunStatus,
+    SerializedRef as SerializedRef,
     SessionPausePolicy as SessionPausePolicy,
     SessionRef as SessionRef,
+    StepCommit as StepCommit,
+    Usage as Usage,
+    UsageTotals as UsageTotals,
+    WorkflowResult as WorkflowResult,
+)
+from ._refs import (
     SessionRefRegistry as SessionRefRegistry,
     SessionRefSerializable as SessionRefSerializable,
     StepRefs as StepRefs,
 )
 from ._retry import RetryPolicy as RetryPolicy
-from ._run import RunStatus as RunStatus, Usage as Usage, WorkflowResult as WorkflowResult
-from ._snapshot import (
-    EncodedEvent as EncodedEvent,
-    PendingEvent as PendingEvent,
-    UsageTotals as UsageTotals,
-    WorkflowSnapshot as WorkflowSnapshot,
-)
 from ._steps import StepSpec as StepSpec, step as step
+from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._workflow import (
     GraphEdge as GraphEdge,
     Workflow as Workflow,
@@ -57,3 +68,6 @@ from ._workflow import (
 )
 
 __version__ = "0.1.0"
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

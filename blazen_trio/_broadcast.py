@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import weakref
 from types import TracebackType
+from typing import final
 
 import attrs
 import trio
 
 from ._checks import is_count
 from ._events import Event, StreamLagged
+from ._util import NoPublicConstructor
 
 DEFAULT_BUFFER = 1024
 DEFAULT_REPLAY = 1024
 YIELD_EVERY = 32
 
 
+@final
 @attrs.frozen
 class StreamStatistics:
     """A view of a run's stream: live subscribers, events published, events kept."""
@@ -29,6 +32,21 @@ class StreamStatistics:
     subscribers: int
     published: int
     kept: int
+
+
+@final
+@attrs.frozen
+class SubscriberStatistics:
+    """One subscriber's view (`EventStream.statistics()`)."""
+
+    buffer: int
+    """How far behind it may fall before it loses the oldest events."""
+    waiting: int
+    """Events published and still kept that it has not read yet (at most `buffer`)."""
+    missed: int
+    """Events it lost by falling behind, in all (each loss announced by `StreamLagged`)."""
+    last_sequence: int
+    closed: bool
 
 
 class Broadcast:
@@ -70,7 +88,7 @@ class Broadcast:
         if not is_count(buffer, 1):
             raise ValueError(f"stream buffer must be an int >= 1, got {buffer!r}")
         start = self._first_seq if replay else self._last_seq + 1
-        stream = EventStream(self, buffer, start)
+        stream = EventStream._create(self, buffer, start)
         if not self.closed or replay:
             key = id(stream)
             self._subscribers[key] = weakref.ref(stream, lambda _: self._forget(key))
@@ -96,6 +114,11 @@ class Broadcast:
     def statistics(self) -> StreamStatistics:
         return StreamStatistics(len(self._subscribers), self._last_seq, len(self._ring))
 
+    def waiting_for(self, stream: EventStream) -> int:
+        """Events kept for `stream` that it has not read (what it would read before waiting)."""
+        oldest_allowed = max(self._first_seq, self._last_seq - stream.buffer + 1, stream.next_seq)
+        return max(0, self._last_seq - oldest_allowed + 1)
+
     def _trim(self) -> None:
         excess = len(self._ring) - self._capacity
         for seq in range(self._first_seq, self._first_seq + excess):
@@ -105,9 +128,15 @@ class Broadcast:
 
     def read(self, stream: EventStream) -> Event | None:
         """The subscriber's next event (or its StreamLagged notice); None if it is caught up."""
+        seq = stream.next_seq
+        if self._first_seq <= seq <= self._last_seq and self._last_seq - seq < stream.buffer:
+            stream.last_sequence = seq  # the usual case: the next event is there, not behind
+            stream.next_seq = seq + 1
+            return self._ring[seq]
         oldest_allowed = max(self._first_seq, self._last_seq - stream.buffer + 1)
         if stream.next_seq < oldest_allowed:
             missed = oldest_allowed - stream.next_seq
+            stream.missed += missed
             stream.next_seq = oldest_allowed
             return StreamLagged(missed=missed)
         if stream.next_seq > self._last_seq:
@@ -123,7 +152,8 @@ class Broadcast:
         await self._new_events.park()
 
 
-class EventStream:
+@final
+class EventStream(metaclass=NoPublicConstructor):
     """A subscription to a run's stream: an async iterator and an async context manager.
 
     Subscribed when created, so nothing published afterwards is missed. Ends once the run has
@@ -136,6 +166,7 @@ class EventStream:
         self.buffer = buffer
         self.next_seq = next_seq
         self.last_sequence = next_seq - 1
+        self.missed = 0
         self._closed = False
         self._reads_since_yield = 0
 
@@ -150,15 +181,7 @@ class EventStream:
         await trio.lowlevel.checkpoint_if_cancelled()
         broadcast = self._broadcast
         while not self._closed:
-            seq = self.next_seq
-            if broadcast._first_seq <= seq <= broadcast._last_seq and (
-                broadcast._last_seq - seq < self.buffer
-            ):  # the fast path of `read`: the next event is there and we are not behind
-                self.last_sequence = seq
-                self.next_seq = seq + 1
-                event: Event | None = broadcast._ring[seq]
-            else:
-                event = broadcast.read(self)
+            event = broadcast.read(self)
             if event is not None:
                 self._reads_since_yield += 1
                 if self._reads_since_yield >= YIELD_EVERY:
@@ -192,3 +215,10 @@ class EventStream:
         if not self._closed:
             self._closed = True
             self._broadcast.unsubscribe(self)
+
+    def statistics(self) -> SubscriberStatistics:
+        """This subscriber's numbers now: unread events, events lost to lag, position."""
+        waiting = 0 if self._closed else self._broadcast.waiting_for(self)
+        return SubscriberStatistics(
+            self.buffer, waiting, self.missed, self.last_sequence, self._closed
+        )

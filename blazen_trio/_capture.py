@@ -1,116 +1,139 @@
-"""Taking a run apart into a `WorkflowSnapshot`, and putting one back together.
+"""A run's data to a `WorkflowSnapshot` and back, knowing nothing of the run loop.
 
-Only steps that were in flight at the snapshot run again on resume: they are recorded as
-pending work, with the state writes of their unfinished attempts taken back.
+The run loop hands over its parts (state with in-flight effects taken back, pending work,
+requests, totals) and gets a snapshot; a snapshot read here becomes a `RestoredRun` that a new
+run is built from. Only steps that were in flight at the snapshot run again on resume.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
-from ._codec import decode_event, decode_value, encode_event, encode_value, known_event_types
+import attrs
+
+from ._codec import (
+    WorkflowSnapshot,
+    decode_event,
+    decode_value,
+    encode_event,
+    encode_value,
+)
 from ._errors import SnapshotError
 from ._events import Event, InputRequestEvent
-from ._history import History
-from ._refs import DROPPED_REFS_METADATA_KEY, RefLifetime, SessionRefRegistry
-from ._run import Invocation, Run, Usage
-from ._snapshot import (
-    EncodedEvent,
-    PendingEvent,
-    UsageTotals,
-    WorkflowSnapshot,
-    check_workflow_name,
-)
-
-if TYPE_CHECKING:
-    from ._workflow import Workflow
+from ._records import HistoryEntry, PendingEvent, RunStatus, SerializedRef, Usage, UsageTotals
+from ._refs import DROPPED_REFS_METADATA_KEY, SessionRefRegistry
+from ._state import RunState
 
 
-def _pending_event(invocation: Invocation) -> PendingEvent:
-    envelope = invocation.envelope
-    return PendingEvent(
-        event=encode_event(envelope.event),
-        source_step=envelope.source,
-        target_step=invocation.slot.spec.name,
-        attempt=invocation.attempt,
-    )
+@attrs.frozen
+class Work:
+    """One event owed to one step: `attempt` is the attempt it has reached."""
+
+    step: str
+    event: Event
+    source: str | None
+    attempt: int
 
 
-def capture(run: Run) -> WorkflowSnapshot:
-    """A consistent snapshot of `run` now; exact when the run is paused."""
-    pending = run.pending()
-    logs = [inv.undo for inv in run.in_flight]
-    state = run.state.without(logs)
-    session_refs, metadata = run.refs.serialize(
-        run.workflow.session_pause_policy, excluding=run.state.inserted_refs(logs)
-    )
-    snapshot = WorkflowSnapshot(
-        workflow_name=run.workflow.name,
-        run_id=run.run_id,
+@attrs.frozen
+class RestoredRun:
+    """What a run is rebuilt from: a snapshot's values, decoded and checked."""
+
+    run_id: str
+    state: dict[str, Any]
+    buffers: dict[str, list[Event]]
+    input_requests: list[InputRequestEvent]
+    pending: list[Work]
+    usage: Usage
+    cost_usd: float
+    history: list[HistoryEntry]
+    refs: SessionRefRegistry
+    active_time: float
+
+
+def snapshot_of(
+    *,
+    workflow_name: str,
+    run_id: str,
+    status: RunStatus,
+    state: RunState,
+    pending: Iterable[Work],
+    input_requests: Iterable[Event],
+    usage: Usage,
+    cost_usd: float,
+    history: Iterable[HistoryEntry],
+    refs: tuple[dict[str, SerializedRef], dict[str, Any]],
+    active_time: float,
+) -> WorkflowSnapshot:
+    """Encode a run's parts; `state` must already have in-flight effects taken back."""
+    session_refs, metadata = refs
+    return WorkflowSnapshot(
+        workflow_name=workflow_name,
+        run_id=run_id,
         created_at=datetime.datetime.now(datetime.UTC),
-        status=str(run.status),
+        status=status,
         state={key: encode_value(value, key=key) for key, value in state.values.items()},
-        pending_events=[_pending_event(inv) for inv in pending],
+        pending_events=[
+            PendingEvent(
+                event=encode_event(work.event),
+                source_step=work.source,
+                target_step=work.step,
+                attempt=work.attempt,
+            )
+            for work in pending
+        ],
         collect_buffers={
             step: [encode_event(ev) for ev in buffer] for step, buffer in state.buffers.items()
         },
-        input_requests=[encode_event(env.event) for env in run.input_requests.values()],
+        input_requests=[encode_event(event) for event in input_requests],
         usage=UsageTotals(
-            prompt_tokens=run.usage.prompt_tokens,
-            completion_tokens=run.usage.completion_tokens,
-            total_tokens=run.usage.total_tokens,
-            cost_usd=run.cost_usd,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cost_usd=cost_usd,
         ),
-        history=list(run.history.entries) if run.history is not None else [],
+        history=list(history),
         metadata=metadata,
         session_refs=session_refs,
-        active_time=run.clock.used,
+        active_time=active_time,
     )
-    run.refs.release(RefLifetime.UNTIL_SNAPSHOT)
-    return snapshot
 
 
-def _known_types(workflow: Workflow) -> dict[str, type[Event]]:
-    return known_event_types(t for spec in workflow.steps for t in (*spec.accepts, *spec.emits))
+def read_snapshot(
+    snapshot: WorkflowSnapshot, steps: Collection[str], known: Mapping[str, type[Event]]
+) -> RestoredRun:
+    """Decode `snapshot` for a workflow with these step names and event types.
 
-
-def _decode_events(encoded: Iterable[EncodedEvent], known: dict[str, type[Event]]) -> list[Event]:
-    return [decode_event(item, known) for item in encoded]
-
-
-def restore(run: Run, snapshot: WorkflowSnapshot) -> None:
-    """Load a snapshot into a fresh run (before any step ran) and start its pending work."""
-    workflow = run.workflow
-    check_workflow_name(snapshot, workflow.name)
-    known = _known_types(workflow)
-    slots = {slot.spec.name: slot for slot in run.slots}
-    run.state.values.update(
-        {key: decode_value(wire, key=key) for key, wire in snapshot.state.items()}
-    )
-    for step, buffer in snapshot.collect_buffers.items():
-        run.state.buffers[step] = _decode_events(buffer, known)
-    requests = _decode_events(snapshot.input_requests, known)
+    Raises `SnapshotError` (or `SessionRefError` for refs) naming what cannot be restored.
+    """
+    requests = [decode_event(item, known) for item in snapshot.input_requests]
     if not all(isinstance(request, InputRequestEvent) for request in requests):
         raise SnapshotError("snapshot input_requests hold an event that is not an input request")
-    run.restore_inputs(r for r in requests if isinstance(r, InputRequestEvent))
-    work = []
+    pending = []
     for item in snapshot.pending_events:
-        slot = slots.get(item.target_step or "")
-        if slot is None:
+        if item.target_step is None or item.target_step not in steps:
             raise SnapshotError(
                 f"snapshot has work for step {item.target_step!r}, "
-                f"which workflow {workflow.name!r} does not have"
+                f"which workflow {snapshot.workflow_name!r} does not have"
             )
-        work.append((slot, decode_event(item.event, known), item.source_step, item.attempt))
-    run.restore_pending(work)
+        event = decode_event(item.event, known)
+        pending.append(Work(item.target_step, event, item.source_step, item.attempt))
     usage = snapshot.usage
-    run.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
-    run.cost_usd = usage.cost_usd
-    if run.history is not None:
-        run.history = History.restore(snapshot.history, run.workflow.history_limit)
     dropped = snapshot.metadata.get(DROPPED_REFS_METADATA_KEY, ())
-    run.refs = SessionRefRegistry.restore(snapshot.session_refs, dropped=dropped)
-    run.record_resumed()
-    run.restart()
+    return RestoredRun(
+        run_id=snapshot.run_id,
+        state={key: decode_value(wire, key=key) for key, wire in snapshot.state.items()},
+        buffers={
+            step: [decode_event(item, known) for item in buffer]
+            for step, buffer in snapshot.collect_buffers.items()
+        },
+        input_requests=[r for r in requests if isinstance(r, InputRequestEvent)],
+        pending=pending,
+        usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+        cost_usd=usage.cost_usd,
+        history=list(snapshot.history),
+        refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=dropped),
+        active_time=snapshot.active_time,
+    )

@@ -23,22 +23,20 @@ holds `$blazen` or `__blazen_session_ref__` is tagged `dict`, so it is never mis
 Aliasing is not kept: a list referenced twice is decoded as two equal lists.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import datetime as dt
 import decimal
 import enum
-import functools
-import importlib
 import math
 import pathlib
 import pickle
-import sys
+import pkgutil
+import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from contextvars import ContextVar
+from typing import Annotated, Any, Final, final
 
 import cattrs
 import msgspec
@@ -46,15 +44,19 @@ from cattrs.preconf.json import make_converter
 
 from ._errors import SnapshotError
 from ._events import BUILTIN_EVENTS, DynamicEvent, Event, event_type_id
-
-if TYPE_CHECKING:
-    from ._refs import SessionRef
+from ._records import (
+    SESSION_REF_KEY,
+    EncodedEvent,
+    HistoryEntry,
+    PendingEvent,
+    RunStatus,
+    SerializedRef,
+    SessionRef,
+    UsageTotals,
+)
 
 TAG: Final = "$blazen"
 """The reserved key of a tagged wire form."""
-
-SESSION_REF_KEY: Final = "__blazen_session_ref__"
-"""The single key of a `SessionRef`'s wire form (the same as `_refs.SESSION_REF_TAG`)."""
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -64,17 +66,6 @@ _PICKLE_PROTOCOL: Final = 5
 # so wire forms stay well inside msgspec's decoding depth (the interpreter's recursion limit).
 _MAX_DEPTH: Final = 100
 _MAX_WIRE_DEPTH: Final = 400
-
-
-class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An event in a snapshot: its type id and `{field name: wire form}`.
-
-    Defined here so the codec needs nothing from `_snapshot` (which needs the codec);
-    `_snapshot` re-exports it.
-    """
-
-    type_id: str
-    payload: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,26 +177,6 @@ _MSGPACK_RAW_DECODER: Final = msgspec.msgpack.Decoder(dict[str, Any])
 _JSON_RAW_DECODER: Final = msgspec.json.Decoder(dict[str, Any])
 
 
-def msgpack_encode(obj: Any) -> bytes:
-    """MessagePack bytes of `obj` (msgspec's errors propagate)."""
-    return _MSGPACK_ENCODER.encode(obj)
-
-
-def json_encode(obj: Any) -> bytes:
-    """JSON bytes of `obj` (msgspec's errors propagate)."""
-    return _JSON_ENCODER.encode(obj)
-
-
-def msgpack_decode_raw(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """A MessagePack map as builtins (msgspec's errors propagate)."""
-    return _MSGPACK_RAW_DECODER.decode(data)
-
-
-def json_decode_raw(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
-    """A JSON object as builtins (msgspec's errors propagate)."""
-    return _JSON_RAW_DECODER.decode(data)
-
-
 # ---------------------------------------------------------------------------------------------
 # Values
 
@@ -253,31 +224,25 @@ def _wire_str(value: str) -> bool:
     return True
 
 
-@functools.cache
-def _session_ref_class() -> type[SessionRef]:
-    # Imported late: `_refs` imports `_snapshot`, which imports this module.
-    from ._refs import SessionRef
-
-    return SessionRef
-
-
-def _resolve(type_path: str) -> Any:
-    module_name, sep, qualname = type_path.partition(":")
-    if not sep or not module_name or not qualname:
+def resolve_type_path(type_path: str) -> Any:
+    """What `module:QualName` names, importing the module (errors propagate)."""
+    if type_path.count(":") != 1:
         raise ValueError(f"{type_path!r} is not of the form 'module:QualName'")
-    found: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
+    return pkgutil.resolve_name(type_path)
+
+
+def type_path_of(cls: type) -> str:
+    """`module:QualName` of a class (whether importing it gives `cls` back is not checked)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _type_path(cls: type) -> str | None:
     """`module:QualName` if importing that gives back `cls`, else None (a local class...)."""
     if "<" in cls.__qualname__:
         return None
-    path = f"{cls.__module__}:{cls.__qualname__}"
+    path = type_path_of(cls)
     try:
-        found = _resolve(path)
+        found = resolve_type_path(path)
     except Exception:  # any failure to import it means it cannot be named
         return None
     return path if found is cls else None
@@ -422,7 +387,7 @@ def _try_struct(value: msgspec.Struct, depth: int) -> Any:
 
 def _encode_object(value: Any, depth: int) -> Any:
     cls = type(value)
-    if cls is _session_ref_class():
+    if cls is SessionRef:
         return {SESSION_REF_KEY: value.key}
     type_path = _type_path(cls)
     if type_path is not None:
@@ -491,7 +456,7 @@ def _decode_items(items: Any, objects: bool) -> list[Any]:
 
 def _resolve_class(type_path: Any) -> type:
     try:
-        cls = _resolve(type_path) if type(type_path) is str else None
+        cls = resolve_type_path(type_path) if type(type_path) is str else None
     except Exception as exc:  # importing runs arbitrary module code
         raise _Undecodable(f"cannot import type {type_path!r}: {exc!r}") from exc
     if not isinstance(cls, type):
@@ -584,7 +549,7 @@ def _decode(wire: Any, objects: bool) -> Any:
         if SESSION_REF_KEY in wire:
             if not objects or len(wire) != 1 or type(wire[SESSION_REF_KEY]) is not str:
                 raise _Undecodable("malformed session ref")
-            return _session_ref_class()(key=wire[SESSION_REF_KEY])
+            return SessionRef(key=wire[SESSION_REF_KEY])
         out: dict[str, Any] = {}
         key: Any = None
         try:
@@ -737,3 +702,263 @@ def decode_event(encoded: EncodedEvent, known: Mapping[str, type[Event]]) -> Eve
         raise SnapshotError(
             f"cannot restore event {encoded.type_id!r} as {_type_name(cls)}: {exc}"
         ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots
+
+SNAPSHOT_VERSION: Final = 1
+"""The snapshot format this blazen_trio writes; older ones are migrated on decoding."""
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+"""Upgrades a raw snapshot (plain builtins) of version N to version N + 1."""
+
+DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType({})
+"""The built-in migrations, keyed by the version they upgrade from (none yet)."""
+
+
+@final
+class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A run, paused or in motion, as plain data; `to_bytes()` / `from_bytes()` carry it.
+
+    `state`, `metadata` and event payloads hold wire forms (`encode_value`), and
+    construction checks that they are, so every snapshot encodes losslessly in both formats.
+    `created_at` must be timezone-aware with a zero UTC offset. Raises `SnapshotError` when
+    built from values that could not survive encoding.
+    """
+
+    version: int = SNAPSHOT_VERSION
+    workflow_name: str
+    run_id: str
+    created_at: Annotated[dt.datetime, msgspec.Meta(tz=True)]
+    status: RunStatus
+    state: dict[str, Any]
+    pending_events: list[PendingEvent]
+    collect_buffers: dict[str, list[EncodedEvent]]
+    input_requests: list[EncodedEvent]
+    usage: UsageTotals
+    history: list[HistoryEntry]
+    metadata: dict[str, Any]
+    session_refs: dict[str, SerializedRef]
+    active_time: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds of active run time used so far (the workflow timeout counts only those)."""
+
+    def __post_init__(self) -> None:
+        # Decoding checks structure only: the values are checked when they are decoded on
+        # resume (`decode_value` / `decode_event`), so reading a big snapshot stays fast.
+        self._raise_problems(deep=not _DECODING.get())
+
+    def validate(self) -> None:
+        """Check every value is a wire form now, not when the snapshot is resumed.
+
+        Construction checks this; decoding checks only the structure, since resuming decodes
+        (and so checks) every value anyway. Raises `SnapshotError` saying where.
+        """
+        self._raise_problems(deep=True)
+
+    def _raise_problems(self, *, deep: bool) -> None:
+        problems = _problems(self, deep=deep)
+        if problems:
+            raise SnapshotError("invalid snapshot: " + "; ".join(problems))
+
+    def to_bytes(self) -> bytes:
+        """The snapshot as MessagePack."""
+        try:
+            return _MSGPACK_ENCODER.encode(self)
+        except Exception as exc:  # e.g. a str field holding lone surrogates
+            raise SnapshotError(f"cannot encode snapshot as MessagePack: {exc}") from exc
+
+    def to_json(self) -> bytes:
+        """The snapshot as JSON (UTF-8 bytes)."""
+        try:
+            return _JSON_ENCODER.encode(self)
+        except Exception as exc:  # e.g. a str field holding lone surrogates
+            raise SnapshotError(f"cannot encode snapshot as JSON: {exc}") from exc
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        migrations: Mapping[int, Migration] | None = None,
+    ) -> "WorkflowSnapshot":
+        """Decode `to_bytes()` output; older versions are migrated, newer ones refused.
+
+        `migrations` (version N -> function upgrading a raw dict to N + 1) are merged over
+        `DEFAULT_MIGRATIONS`. Raises `SnapshotError` for anything that is not a valid snapshot.
+        """
+        _check_input(data, "from_bytes")
+        if _peek_version(data, _MSGPACK_VERSION, "MessagePack") == SNAPSHOT_VERSION:
+            return _decode_current(data, _MSGPACK_SNAPSHOT, "MessagePack")
+        raw = _decode_raw(data, _MSGPACK_RAW_DECODER.decode, "MessagePack")
+        return _from_raw(raw, migrations)
+
+    @classmethod
+    def from_json(
+        cls,
+        data: bytes | bytearray | memoryview | str,
+        *,
+        migrations: Mapping[int, Migration] | None = None,
+    ) -> "WorkflowSnapshot":
+        """Decode `to_json()` output (bytes or str); as `from_bytes` otherwise."""
+        _check_input(data, "from_json")
+        if _peek_version(data, _JSON_VERSION, "JSON") == SNAPSHOT_VERSION:
+            return _decode_current(data, _JSON_SNAPSHOT, "JSON")
+        raw = _decode_raw(data, _JSON_RAW_DECODER.decode, "JSON")
+        return _from_raw(raw, migrations)
+
+
+def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
+    """Raise `SnapshotError` unless `snapshot` was taken from the workflow called `name`."""
+    if snapshot.workflow_name != name:
+        raise SnapshotError(f"snapshot is of workflow {snapshot.workflow_name!r}, not {name!r}")
+
+
+_DECODING: ContextVar[bool] = ContextVar("blazen_trio_decoding_snapshot", default=False)
+
+
+class _Version(msgspec.Struct):
+    """Just the version of an encoded snapshot (the rest is skipped by the decoder)."""
+
+    version: Any = 1  # snapshots before the field existed were version 1; checked below
+
+
+_MSGPACK_VERSION: Final = msgspec.msgpack.Decoder(_Version)
+_JSON_VERSION: Final = msgspec.json.Decoder(_Version)
+_MSGPACK_SNAPSHOT: Final = msgspec.msgpack.Decoder(WorkflowSnapshot)
+_JSON_SNAPSHOT: Final = msgspec.json.Decoder(WorkflowSnapshot)
+
+
+def _check_input(data: object, method: str) -> None:
+    text_too = method == "from_json"
+    accepted = (bytes, bytearray, memoryview, str) if text_too else (bytes, bytearray, memoryview)
+    if not isinstance(data, accepted):
+        wanted = "bytes or str" if text_too else "bytes"
+        raise SnapshotError(
+            f"WorkflowSnapshot.{method} expects {wanted}, got {type(data).__name__}"
+        )
+
+
+def _peek_version(data: Any, decoder: Any, codec: str) -> int:
+    try:
+        version = decoder.decode(data).version
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
+    if type(version) is not int:
+        raise SnapshotError(f"snapshot version must be an int, got {version!r}")
+    if version > SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"snapshot version {version} is newer than this blazen_trio supports "
+            f"({SNAPSHOT_VERSION})"
+        )
+    return version
+
+
+def _decode_current(data: Any, decoder: Any, codec: str) -> WorkflowSnapshot:
+    """A current-version snapshot, typed by msgspec in one pass."""
+    token = _DECODING.set(True)
+    try:
+        snapshot: WorkflowSnapshot = decoder.decode(data)
+    except SnapshotError:  # from __post_init__: it already says what is wrong
+        raise
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"invalid {codec} snapshot: {exc}") from exc
+    finally:
+        _DECODING.reset(token)
+    return snapshot
+
+
+def _decode_raw(data: Any, decode: Callable[[Any], dict[str, Any]], codec: str) -> dict[str, Any]:
+    """An older snapshot as builtins, for the migrations."""
+    try:
+        return decode(data)
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
+
+
+def _from_raw(raw: dict[str, Any], migrations: Mapping[int, Migration] | None) -> WorkflowSnapshot:
+    version = raw.get("version", 1)  # snapshots before the field existed were version 1
+    if type(version) is not int:
+        raise SnapshotError(f"snapshot version must be an int, got {version!r}")
+    if version > SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"snapshot version {version} is newer than this blazen_trio supports "
+            f"({SNAPSHOT_VERSION})"
+        )
+    if version < SNAPSHOT_VERSION:
+        raw = _migrate(raw, version, {**DEFAULT_MIGRATIONS, **(migrations or {})})
+    try:
+        return msgspec.convert(raw, WorkflowSnapshot)
+    except SnapshotError:  # from __post_init__: it already says what is wrong
+        raise
+    except Exception as exc:  # ValidationError, RecursionError, ...
+        raise SnapshotError(f"invalid snapshot: {exc}") from exc
+
+
+def _migrate(
+    raw: dict[str, Any], version: int, migrations: Mapping[int, Migration]
+) -> dict[str, Any]:
+    # Both formats hand migrations the same builtins (MessagePack gives datetimes, JSON strs).
+    try:
+        raw = msgspec.to_builtins(raw)
+    except Exception as exc:  # a msgpack extension type, say
+        raise SnapshotError(f"invalid snapshot: {exc}") from exc
+    for from_version in range(version, SNAPSHOT_VERSION):
+        step = migrations.get(from_version)
+        if step is None:
+            raise SnapshotError(
+                f"snapshot version {version} is too old: no migration from version "
+                f"{from_version} to {from_version + 1}"
+            )
+        try:
+            upgraded = step(raw)
+        except Exception as exc:  # the migration's own failure
+            raise SnapshotError(
+                f"migrating the snapshot from version {from_version} failed: {exc!r}"
+            ) from exc
+        if not isinstance(upgraded, dict):
+            raise SnapshotError(
+                f"the migration from version {from_version} returned "
+                f"{type(upgraded).__name__}, not a dict"
+            )
+        raw = upgraded
+    raw["version"] = SNAPSHOT_VERSION
+    return raw
+
+
+def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
+    """What would keep `snapshot` from encoding losslessly, or break resuming it."""
+    problems: list[str] = []
+    if snapshot.version != SNAPSHOT_VERSION:
+        problems.append(f"version is {snapshot.version!r}, not {SNAPSHOT_VERSION}")
+    created = snapshot.created_at
+    if not isinstance(created, dt.datetime) or created.utcoffset() != dt.timedelta(0):
+        problems.append(f"created_at must be a UTC-aware datetime, got {created!r}")
+    if not (math.isfinite(snapshot.active_time) and snapshot.active_time >= 0):
+        problems.append(f"active_time must be finite and >= 0, got {snapshot.active_time!r}")
+    if not math.isfinite(snapshot.usage.cost_usd):
+        problems.append(f"usage.cost_usd must be finite, got {snapshot.usage.cost_usd!r}")
+
+    if not deep:
+        return problems
+
+    def check(value: Any, where: str) -> None:
+        problem = find_non_wire(value)
+        if problem is not None:
+            problems.append(f"{where} is not a wire form ({problem})")
+
+    check(snapshot.state, "state")
+    check(snapshot.metadata, "metadata")
+    for index, pending in enumerate(snapshot.pending_events):
+        check(pending.event.payload, f"pending_events[{index}]")
+    for step, buffer in snapshot.collect_buffers.items():
+        for index, event in enumerate(buffer):
+            check(event.payload, f"collect_buffers[{step!r}][{index}]")
+    for index, event in enumerate(snapshot.input_requests):
+        check(event.payload, f"input_requests[{index}]")
+    for entry in snapshot.history:
+        for name in ("timestamp", "duration"):
+            number = getattr(entry, name)
+            if number is not None and not math.isfinite(number):
+                problems.append(f"history entry {entry.sequence}: {name} is {number!r}")
+    return problems

@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol, final
 
 from ._events import Event, UsageEvent
-from ._refs import StepRefs
-
-if TYPE_CHECKING:
-    from ._run import Invocation, Run
+from ._refs import SessionRefRegistry, StepRefs
+from ._state import RunState, UndoLog
+from ._util import NoPublicConstructor
 
 _NO_DEFAULT: Final = object()
 
 
-class Context:
+class StepHost(Protocol):
+    """What a step sees of its run (the run loop implements it)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def workflow_name(self) -> str: ...
+    @property
+    def state(self) -> RunState: ...
+    @property
+    def refs(self) -> SessionRefRegistry: ...
+    def publish(self, event: Event) -> None: ...
+    def record_usage(self, usage: UsageEvent) -> None: ...
+
+
+class StepAttempt(Protocol):
+    """One attempt of one step invocation, as its Context sees it."""
+
+    @property
+    def step_name(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def undo(self) -> UndoLog: ...
+    @property
+    def sent(self) -> list[Event]: ...
+    def check_open(self, what: str) -> None: ...
+
+
+@final
+class Context(metaclass=NoPublicConstructor):
     """Handed to each step attempt. Its API is sync: all steps of a run share one thread.
 
     Events sent with `send_event` are committed with the step's return value when the step
@@ -23,7 +52,7 @@ class Context:
 
     __slots__ = ("_invocation", "_run")
 
-    def __init__(self, run: Run, invocation: Invocation) -> None:
+    def __init__(self, run: StepHost, invocation: StepAttempt) -> None:
         self._run = run
         self._invocation = invocation
 
@@ -35,11 +64,11 @@ class Context:
 
     @property
     def workflow_name(self) -> str:
-        return self._run.workflow.name
+        return self._run.workflow_name
 
     @property
     def step_name(self) -> str:
-        return self._invocation.slot.spec.name
+        return self._invocation.step_name
 
     @property
     def attempt(self) -> int:
@@ -79,7 +108,7 @@ class Context:
     @property
     def refs(self) -> StepRefs:
         """The run's registry of live objects that events refer to by `SessionRef`."""
-        return StepRefs(self._run.refs, self._invocation.undo)
+        return StepRefs._create(self._run.refs, self._invocation.undo)
 
     # -- events --------------------------------------------------------------------------
 
@@ -110,5 +139,5 @@ class Context:
         """
         self._invocation.check_open("collect_events")
         return self._run.state.collect(
-            self._invocation.slot.spec.name, event, expected, self._invocation.undo
+            self._invocation.step_name, event, expected, self._invocation.undo
         )

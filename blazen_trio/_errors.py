@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import copy
+import copyreg
 from collections.abc import Iterable
 from typing import Any, Self
-
-
-def _rebuild(cls: type[WorkflowError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
 
 
 class WorkflowError(Exception):
@@ -20,7 +14,7 @@ class WorkflowError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # The subclasses' __init__ signatures differ from their args: rebuild, don't re-init,
         # so errors copy and pickle faithfully (to another process, too).
-        return _rebuild, (type(self), self.args, self.__dict__)
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__  # type: ignore[attr-defined]  # in copyreg since 2.3, missing from typeshed
 
     def fresh(self) -> Self:
         """A copy to raise for one more caller, keeping the cause but no caller's context."""
@@ -110,3 +104,12 @@ class UnknownInputRequest(WorkflowError):
 
 class RunFinished(WorkflowError):
     """A control call reached a run that has already finished."""
+
+
+class RunCrashed(WorkflowError):
+    """Something escaped the run's own error handling; the original is the `__cause__`.
+
+    An engine bug, a warning turned into an error by `-W error` inside the engine, or an
+    exception raised by an `on_commit` observer: the run fails with this instead of letting a
+    bare exception group out of its nursery.
+    """

@@ -1,7 +1,5 @@
 """Events: immutable msgspec Structs with stable type ids, and the built-in event types."""
 
-from __future__ import annotations
-
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, dataclass_transform
@@ -12,7 +10,7 @@ from msgspec import StructMeta
 from ._errors import ValidationError
 
 # Weak, so classes made per test or per notebook cell do not pile up.
-_classes_by_type_id: weakref.WeakValueDictionary[str, type[Event]] = weakref.WeakValueDictionary()
+_classes_by_type_id: "weakref.WeakValueDictionary[str, type[Event]]" = weakref.WeakValueDictionary()
 
 
 def _same_definition(a: type, b: type) -> bool:
@@ -32,7 +30,7 @@ class _EventMeta(StructMeta):
         *,
         type_id: str | None = None,
         **struct_options: Any,
-    ) -> _EventMeta:
+    ) -> "_EventMeta":
         # msgspec applies kw_only to the fields a class declares, so every Event class needs it.
         struct_options.setdefault("kw_only", True)
         cls = super().__new__(mcls, name, bases, namespace, **struct_options)
@@ -72,7 +70,7 @@ class Event(
         def __init_subclass__(cls, *, type_id: str | None = None, **options: Any) -> None: ...
 
 
-def event_type_id(event: Event | type[Event]) -> str:
+def event_type_id(event: "Event | type[Event]") -> str:
     """The stable type id of an event or event class."""
     return event.__blazen_type_id__
 

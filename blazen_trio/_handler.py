@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
+from typing import Any, final
+
 import attrs
 
 from ._broadcast import DEFAULT_BUFFER, EventStream, StreamStatistics
+from ._codec import WorkflowSnapshot
 from ._control import Pause, RespondToInput, Resume, TakeSnapshot
 from ._events import InputRequestEvent
-from ._history import HistoryEntry
-from ._run import Run, RunStatus, Usage, WorkflowResult
-from ._snapshot import WorkflowSnapshot
+from ._records import HistoryEntry, RunStatus, Usage, WorkflowResult
+from ._run import Run
+from ._util import NoPublicConstructor
 
 
-@attrs.define(eq=False)
-class WorkflowHandler:
-    """Returned by `Workflow.start`; observe and control one run from outside it."""
+@final
+@attrs.frozen
+class RunStatistics:
+    """A run's numbers at one moment (`WorkflowHandler.statistics()`)."""
 
-    _run: Run
+    status: RunStatus
+    steps_in_flight: int
+    """Step invocations running now."""
+    invocations_queued: int
+    """Invocations waiting for their step's `max_concurrency`, or for a paused run to resume."""
+    input_requests_outstanding: int
+    commits: int
+    """Step invocations committed so far in this process."""
+    active_time: float
+    """Seconds counted toward `Workflow(timeout=)`: not paused, not only waiting for input."""
+
+
+@final
+class WorkflowHandler(metaclass=NoPublicConstructor):
+    """Handed out by `Workflow.start`; observe and control one run from outside it."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandler run_id={self._run.run_id!r} status={self._run.status!r}>"
 
     @property
     def run_id(self) -> str:
@@ -40,6 +68,27 @@ class WorkflowHandler:
         """The run's history so far (None unless `Workflow(history=True)`)."""
         return self._run.history_view
 
+    @property
+    def state(self) -> Mapping[str, Any]:
+        """A live, read-only view of the run's state, as steps see it.
+
+        It includes the writes of steps still running (they are taken back if those steps do
+        not complete); after the run ends it is the final state.
+        """
+        return types.MappingProxyType(self._run.state.values)
+
+    def statistics(self) -> RunStatistics:
+        """The run's numbers now (in flight, queued, outstanding requests, commits, time)."""
+        run = self._run
+        return RunStatistics(
+            status=run.status,
+            steps_in_flight=len(run.in_flight),
+            invocations_queued=sum(len(s.queue) + len(s.returned) for s in run.slots),
+            input_requests_outstanding=len(run.input_requests),
+            commits=run.commits,
+            active_time=run.clock.used,
+        )
+
     def stream_events(self, *, buffer: int = DEFAULT_BUFFER, replay: bool = False) -> EventStream:
         """Subscribe to the run's stream now; iterate it (optionally inside `async with`).
 
@@ -51,6 +100,7 @@ class WorkflowHandler:
         return self._run.broadcast.subscribe(buffer, replay)
 
     def stream_statistics(self) -> StreamStatistics:
+        """The stream's numbers for all subscribers (each has its own `statistics()`)."""
         return self._run.broadcast.statistics()
 
     async def result(self) -> WorkflowResult:
@@ -75,7 +125,7 @@ class WorkflowHandler:
         events wait to be re-run. Paused time does not count toward the workflow timeout.
         Raises `RunFinished` if the run ends (or is resumed) before it is quiescent.
         """
-        await self._run.command(Pause(cancel_in_flight=cancel_in_flight))
+        await self._run.command(Pause(cancel_in_flight))
 
     async def resume(self) -> None:
         """Continue a paused run in place; does nothing to a run that is not paused."""
@@ -86,7 +136,8 @@ class WorkflowHandler:
 
         Exact when paused; on a running run steps in flight are recorded as pending work and
         run again on resume (at-least-once). Raises `SnapshotError` (or
-        `SessionRefsNotSerializable`) when a value or a live ref cannot be serialized.
+        `SessionRefsNotSerializable`) when a value or a live ref cannot be serialized, and
+        whatever else taking it raised (a `RuntimeWarning` made an error by `-W error`, say).
         """
         snapshot: WorkflowSnapshot = await self._run.command(TakeSnapshot())
         return snapshot
@@ -96,7 +147,7 @@ class WorkflowHandler:
 
         Raises `UnknownInputRequest` (and changes nothing) for an id that is not outstanding.
         """
-        await self._run.command(RespondToInput(request_id=request_id, response=response))
+        await self._run.command(RespondToInput(request_id, response))
 
     async def abort(self) -> None:
         """Cancel every task of the run and return once all have exited.

@@ -4,50 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from enum import StrEnum
-
-import msgspec
 
 from ._checks import is_count
+from ._records import HistoryEntry, HistoryKind
 
 DEFAULT_HISTORY_LIMIT = 100_000
-
-
-class HistoryKind(StrEnum):
-    """What a history entry records."""
-
-    RUN_STARTED = "run_started"
-    RUN_RESUMED = "run_resumed"
-    EVENT_RECEIVED = "event_received"
-    STEP_DISPATCHED = "step_dispatched"
-    STEP_COMPLETED = "step_completed"
-    STEP_FAILED = "step_failed"
-    STEP_RETRIED = "step_retried"
-    STEP_CANCELLED = "step_cancelled"
-    INPUT_REQUESTED = "input_requested"
-    INPUT_RECEIVED = "input_received"
-    PAUSED = "paused"
-    RESUMED = "resumed"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    ABORTED = "aborted"
-
-
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """One thing that happened in a run; `sequence` strictly increases within the run.
-
-    A msgspec Struct (not attrs) because history travels inside snapshots as-is.
-    """
-
-    sequence: int
-    kind: HistoryKind
-    timestamp: float
-    step: str | None = None
-    event_type: str | None = None
-    attempt: int | None = None
-    duration: float | None = None
-    detail: str | None = None
 
 
 class History:

@@ -9,70 +9,24 @@ under their original keys, so the refs inside the restored events still resolve.
 from __future__ import annotations
 
 import base64
-import importlib
 import pickle
 import uuid
 import warnings
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from enum import StrEnum
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self, final
 
 import attrs
-import msgspec
 
+from ._codec import resolve_type_path, type_path_of
 from ._errors import SessionRefError, SessionRefsNotSerializable
-from ._snapshot import SerializedRef
-
-SESSION_REF_TAG = "__blazen_session_ref__"
-"""The single key of a `SessionRef`'s wire form."""
+from ._records import RefLifetime, SerializedRef, SessionPausePolicy, SessionRef
+from ._util import NoPublicConstructor
 
 DROPPED_REFS_METADATA_KEY = "__blazen_dropped_session_refs"
 """Snapshot metadata entry listing (sorted) the keys of refs dropped at the snapshot."""
 
 MAX_SESSION_REFS = 10_000
 """At most this many live refs per run: a runaway loop fails fast instead of eating memory."""
-
-_PICKLE = "pickle"
-_PROTOCOL = "protocol"
-
-
-class SessionRef(msgspec.Struct, frozen=True, rename={"key": SESSION_REF_TAG}):
-    """A handle to a live object kept by the run; resolve it with `ctx.refs.get(ref)`.
-
-    Only the key travels (in events, in snapshots). Type an event field as `SessionRef` so
-    msgspec decodes it back into one; a field typed `Any` decodes to the plain wire dict.
-    """
-
-    key: str
-
-
-class RefLifetime(StrEnum):
-    """How long the run keeps a ref's object."""
-
-    UNTIL_RUN_END = "until_run_end"
-    """Released when the run ends (however it ends); serialized into snapshots."""
-    UNTIL_EXPLICIT_DROP = "until_explicit_drop"
-    """Kept until `drop()`; still live when the run ends, handed to the caller in the result."""
-    UNTIL_SNAPSHOT = "until_snapshot"
-    """Released when the run is snapshotted, under every policy; never serialized."""
-    UNTIL_PARENT_FINISH = "until_parent_finish"
-    """Kept while sub-workflows come and go; released when the owning (parent) run ends."""
-
-
-class SessionPausePolicy(StrEnum):
-    """What a snapshot does with the live refs (`UNTIL_SNAPSHOT` refs simply end there)."""
-
-    PICKLE_OR_ERROR = "pickle_or_error"
-    """Pickle every ref; if any fails, the snapshot fails with `SessionRefsNotSerializable`."""
-    PICKLE_OR_SERIALIZE = "pickle_or_serialize"
-    """Use the object's `__blazen_serialize__` protocol, else pickle; drop failures with a warning.
-
-    An object whose class has the protocol is serialized by it only (never pickled).
-    """
-    WARN_DROP = "warn_drop"
-    """Serialize nothing: drop every ref with one `RuntimeWarning`, keys kept in metadata."""
-    HARD_ERROR = "hard_error"
-    """Refuse to snapshot (`SessionRefError`) while any ref is live."""
 
 
 class SessionRefSerializable(Protocol):
@@ -94,6 +48,7 @@ class _Entry:
     lifetime: RefLifetime
 
 
+@final
 @attrs.define(eq=False, repr=False)
 class SessionRefRegistry:
     """The live objects of one run (shared with its sub-workflows), keyed by `SessionRef`.
@@ -277,20 +232,6 @@ def _key_of(ref: SessionRef | str) -> str:
     raise TypeError(f"expected a SessionRef or its key (str), got {type(ref).__name__}")
 
 
-def _type_path(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _resolve_type_path(path: str) -> Any:
-    module_name, sep, qualname = path.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(f"type path {path!r} is not of the form 'module:QualName'")
-    found: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
 def _has_protocol(cls: type) -> bool:
     # Looked up on the class, like any dunder protocol.
     return callable(getattr(cls, "__blazen_serialize__", None)) and callable(
@@ -300,11 +241,11 @@ def _has_protocol(cls: type) -> bool:
 
 def _serialize_entry(key: str, entry: _Entry, *, use_protocol: bool) -> SerializedRef:
     cls = type(entry.obj)
-    type_path = _type_path(cls)
+    type_path = type_path_of(cls)
     if use_protocol and _has_protocol(cls):
         # Resume finds the class by this path, so check now that it leads back here.
         try:
-            found = _resolve_type_path(type_path)
+            found = resolve_type_path(type_path)
         except Exception:  # any import failure means the same thing here
             found = None
         if found is not cls:
@@ -316,14 +257,14 @@ def _serialize_entry(key: str, entry: _Entry, *, use_protocol: bool) -> Serializ
             raise TypeError(
                 f"{type_path}.__blazen_serialize__ returned {type(data).__name__}, not bytes"
             )
-        codec = _PROTOCOL
+        codec: Literal["pickle", "protocol"] = "protocol"
         raw = bytes(data)
     else:
-        codec = _PICKLE
+        codec = "pickle"
         raw = pickle.dumps(entry.obj, protocol=pickle.HIGHEST_PROTOCOL)
     return SerializedRef(
         key=key,
-        lifetime=entry.lifetime.value,
+        lifetime=entry.lifetime,
         codec=codec,
         type_path=type_path,
         data=base64.b64encode(raw).decode("ascii"),
@@ -335,10 +276,10 @@ def _restore_entry(key: str, serialized: SerializedRef) -> _Entry:
         raise ValueError(f"stored under key {key!r} but names key {serialized.key!r}")
     lifetime = RefLifetime(serialized.lifetime)
     raw = base64.b64decode(serialized.data, validate=True)
-    if serialized.codec == _PICKLE:
+    if serialized.codec == "pickle":
         obj = pickle.loads(raw)  # trusted input only; documented on `restore`
-    elif serialized.codec == _PROTOCOL:
-        cls = _resolve_type_path(serialized.type_path)
+    elif serialized.codec == "protocol":
+        cls = resolve_type_path(serialized.type_path)
         deserialize = getattr(cls, "__blazen_deserialize__", None)
         if not callable(deserialize):
             raise TypeError(f"{serialized.type_path} has no __blazen_deserialize__")
@@ -349,7 +290,7 @@ def _restore_entry(key: str, serialized: SerializedRef) -> _Entry:
 
 
 def _describe(obj: Any, exc: Exception) -> str:
-    return f"{_type_path(type(obj))}: {type(exc).__name__}: {exc}"
+    return f"{type_path_of(type(obj))}: {type(exc).__name__}: {exc}"
 
 
 def _one_cause(message: str, failures: Mapping[str, Exception]) -> Exception:
@@ -383,7 +324,8 @@ class RefInsert:
         pass
 
 
-class StepRefs:
+@final
+class StepRefs(metaclass=NoPublicConstructor):
     """The run's session-ref registry as one step attempt sees it.
 
     Refs the attempt inserts are let go if it does not complete (it failed before a retry, or a

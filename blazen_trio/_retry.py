@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import typing
+from typing import final
 
 import attrs
 
@@ -23,6 +24,7 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     return typing.cast(tuple[type[BaseException], ...], types)
 
 
+@final
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff with jitter; delays use `trio.sleep`, so virtual clocks apply.

@@ -9,23 +9,27 @@ order of commits and commands. See docs/architecture.md.
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import random
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ._broadcast import Broadcast
+from ._capture import RestoredRun, Work, snapshot_of
+from ._codec import WorkflowSnapshot
 from ._context import Context
-from ._control import Command, Message, QueuedCommit, Reply
+from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._errors import (
     NoHandler,
+    RunCrashed,
     RunFinished,
     StepFailed,
     StepTimeout,
@@ -46,64 +50,54 @@ from ._events import (
     UsageEvent,
     event_type_id,
 )
-from ._history import History, HistoryEntry, HistoryKind
-from ._refs import RefLifetime, SessionRefRegistry
+from ._history import History
+from ._records import (
+    HistoryEntry,
+    HistoryKind,
+    RefLifetime,
+    RunStatus,
+    SessionPausePolicy,
+    StepCommit,
+    Usage,
+    WorkflowResult,
+)
+from ._refs import SessionRefRegistry
 from ._retry import RetryPolicy
 from ._state import RunState, UndoLog
 from ._steps import StepSpec
 
-if TYPE_CHECKING:
-    from ._workflow import Workflow
-
 InputHandler = Callable[[InputRequestEvent], Awaitable[Any]]
+CommitObserver = Callable[[StepCommit], object]
 
 # Source step recorded for responses that came from outside the run.
 HUMAN_INPUT = "__human_input"
 INPUT_HANDLER = "__input_handler"
 
 
-class RunStatus(StrEnum):
-    """Where a run is in its life; `str` so it compares equal to the plain names."""
+class RunDefinition(Protocol):
+    """What a run reads of its workflow (`Workflow` is one); the loop never imports it."""
 
-    RUNNING = "running"
-    PAUSED = "paused"
-    WAITING_FOR_INPUT = "waiting_for_input"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ABORTED = "aborted"
-
-
-@attrs.frozen
-class Usage:
-    """Token totals summed over every `UsageEvent` the run emitted."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-    def __add__(self, event: UsageEvent) -> Usage:
-        return Usage(
-            self.prompt_tokens + event.prompt_tokens,
-            self.completion_tokens + event.completion_tokens,
-            self.total_tokens + event.total_tokens,
-        )
-
-
-@attrs.frozen
-class WorkflowResult:
-    """What a completed run produced.
-
-    `session_refs` holds the live objects of refs inserted with
-    `RefLifetime.UNTIL_EXPLICIT_DROP`, which outlive the run by design.
-    """
-
-    result: Any
-    event: StopEvent
-    run_id: str
-    usage: Usage
-    cost_usd: float
-    history: tuple[HistoryEntry, ...] | None = None
-    session_refs: dict[str, Any] = attrs.Factory(dict)
+    @property
+    def name(self) -> str: ...
+    @property
+    def steps(self) -> tuple[StepSpec, ...]: ...
+    @property
+    def timeout(self) -> float | None: ...
+    @property
+    def retry(self) -> RetryPolicy | None: ...
+    @property
+    def input_handler(self) -> InputHandler | None: ...
+    @property
+    def session_pause_policy(self) -> SessionPausePolicy: ...
+    @property
+    def history(self) -> bool: ...
+    @property
+    def history_limit(self) -> int: ...
+    @property
+    def publish_lifecycle(self) -> bool: ...
+    @property
+    def stream_replay(self) -> int: ...
+    def targets(self, event_type: type[Event]) -> tuple[int, ...]: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -115,14 +109,28 @@ class Envelope:
     source: str | None
 
 
+_seq_of = attrgetter("envelope.seq")
+
+
 @attrs.define(eq=False, slots=True)
 class StepSlot:
-    """One step's run-time side: its limiter and the invocations waiting for it, in order."""
+    """One step's run-time side: its limiter and the invocations waiting for it, in order.
+
+    `returned` holds invocations a cancelling pause put back, merged into `queue` in commit
+    order when the step may start work again (one sort per pause, not a scan per invocation).
+    """
 
     spec: StepSpec
     retry: RetryPolicy | None
     limiter: trio.CapacityLimiter | None
     queue: deque[Invocation] = attrs.Factory(deque)
+    returned: list[Invocation] = attrs.Factory(list)
+
+    def merge_returned(self) -> None:
+        if self.returned:
+            self.returned.sort(key=_seq_of)
+            self.queue = deque(heapq.merge(self.returned, self.queue, key=_seq_of))
+            self.returned.clear()
 
 
 @attrs.define(eq=False, slots=True)
@@ -137,12 +145,27 @@ class Invocation:
     closed: bool = False
     scope: trio.CancelScope | None = None
 
+    @property
+    def step_name(self) -> str:
+        return self.slot.spec.name
+
     def check_open(self, what: str) -> None:
         if self.closed:
             raise RuntimeError(
                 f"{what} called after step {self.slot.spec.name!r} completed; "
                 "keep using the Context only inside the step"
             )
+
+
+@attrs.frozen(eq=False)
+class QueuedCommit:
+    """A completed step's outputs, waiting behind a command in the inbox to keep the order."""
+
+    invocation: Invocation
+    events: list[Event]
+
+
+Message = Command | QueuedCommit
 
 
 def _bad_return(spec: StepSpec, output: object) -> StepFailed:
@@ -159,6 +182,31 @@ def _failure(step_name: str, error: Exception) -> StepFailed:
     failure = StepFailed(step_name, f"step {step_name!r} failed: {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure
+
+
+def _being_cancelled() -> bool:
+    """True while the current task is inside a cancelled scope (its next checkpoint raises)."""
+    return trio.current_effective_deadline() == -math.inf
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
+def _split_crash(error: BaseException) -> tuple[Exception | None, BaseException | None]:
+    """(what crashed the run, what must go on propagating: cancellation, KeyboardInterrupt)."""
+    if isinstance(error, BaseExceptionGroup):
+        crash, rest = error.split(Exception)
+        if crash is not None and len(crash.exceptions) == 1:
+            only = crash.exceptions[0]
+            if not isinstance(only, BaseExceptionGroup):
+                return only, rest
+        return crash, rest
+    if isinstance(error, Exception):
+        return error, None
+    return None, error
 
 
 class _ActiveClock:
@@ -201,13 +249,18 @@ def _new_run_id() -> str:
 
 
 class Run:
-    """The state and tasks of one workflow run; driven by `Workflow.start`."""
+    """The state and tasks of one workflow run; driven by `Workflow.run` / `Workflow.start`."""
 
     def __init__(
-        self, workflow: Workflow, *, run_id: str | None = None, active_time: float = 0.0
+        self,
+        workflow: RunDefinition,
+        *,
+        restored: RestoredRun | None = None,
+        on_commit: CommitObserver | None = None,
     ) -> None:
         self.workflow = workflow
-        self.run_id = run_id or _new_run_id()
+        self.run_id = restored.run_id if restored is not None else _new_run_id()
+        self.restored = restored is not None
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
         self.status = RunStatus.RUNNING
@@ -220,8 +273,7 @@ class Run:
         self.history = History(workflow.history_limit) if workflow.history else None
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
-        # Filled by blazen_trio.testing: (step name, input event) of every committed invocation.
-        self.commit_log: list[tuple[str, Event]] | None = None
+        self._on_commit = on_commit
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -235,14 +287,40 @@ class Run:
         self.in_flight: set[Invocation] = set()
         self._queued = 0
         self._seq = 0
+        self.commits = 0
         self._paused = False
         self._pause_replies: list[Reply[None]] = []
         self._answering: dict[str, trio.CancelScope] = {}
-        self.clock = _ActiveClock(workflow.timeout, active_time)
+        # What steps' cleanup raised while the run's end cancelled them: notes on its error.
+        self._end_notes: list[str] = []
+        self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
+        if restored is not None:
+            self._load(restored)
+
+    def _load(self, restored: RestoredRun) -> None:
+        self.state.values.update(restored.state)
+        self.state.buffers.update(restored.buffers)
+        self.usage = restored.usage
+        self.cost_usd = restored.cost_usd
+        if self.history is not None:
+            self.history = History.restore(restored.history, self.workflow.history_limit)
+        self._refs = restored.refs
+        for request in restored.input_requests:
+            self.input_requests[request.request_id] = self._envelope(request, None, quiet=True)
+            self.publish(request)  # announced again: a subscriber with replay sees it
+        slots = {slot.spec.name: slot for slot in self.slots}
+        for work in restored.pending:
+            envelope = self._envelope(work.event, work.source, quiet=True)
+            slots[work.step].queue.append(Invocation(slots[work.step], envelope, work.attempt))
+            self._queued += 1
+
+    @property
+    def workflow_name(self) -> str:
+        return self.workflow.name
 
     @property
     def refs(self) -> SessionRefRegistry:
@@ -251,17 +329,14 @@ class Run:
             self._refs = SessionRefRegistry()
         return self._refs
 
-    @refs.setter
-    def refs(self, registry: SessionRefRegistry) -> None:
-        self._refs = registry
-
     # -- the run's task ------------------------------------------------------------------
 
     async def drive(self, first_work: Callable[[], object]) -> None:
         """Run in this task until the first StopEvent, a failure, the timeout or cancellation.
 
         `first_work` is called once the run's nursery is open (it routes the start event,
-        restores a snapshot, or tells `nursery.start` that the run is ready).
+        restarts restored work, or tells `nursery.start` that the run is ready). Whatever
+        escapes the nursery besides cancellation becomes the run's `RunCrashed`.
         """
         try:
             # The nursery's own cancel scope is the run's: the workflow timeout is its
@@ -269,28 +344,35 @@ class Run:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.clock.start(nursery.cancel_scope)
-                try:
-                    first_work()
-                except WorkflowError as error:  # e.g. a snapshot that cannot be restored
-                    self.fail(error)
+                first_work()
                 await self._ended.wait()
+        except BaseException as escaped:
+            crash, rest = _split_crash(escaped)
+            if crash is not None:
+                error = RunCrashed(f"run {self.run_id} crashed: {_describe(crash)}")
+                error.__cause__ = crash
+                self.fail(error)
+            if rest is not None:
+                raise rest from None
         finally:
             self._settle()
 
     async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
         """`drive`, as a task of the starter's nursery (for `Workflow.start`).
 
-        Nothing is routed until `begin` or `restore`, so the starter can subscribe first.
+        Nothing is routed until `begin` or `restart`, so the starter can subscribe first.
         """
         await self.drive(task_status.started)
-
-    def record_resumed(self) -> None:
-        self._record(HistoryKind.RUN_RESUMED)
 
     def begin(self, first: Event) -> None:
         """Route the start event; its steps run at the starter's next checkpoint."""
         self._record(HistoryKind.RUN_STARTED)
         self.spawn(self._route([first], source=None))
+
+    def begin_restored(self) -> None:
+        """Start the work of a run built from a snapshot."""
+        self._record(HistoryKind.RUN_RESUMED)
+        self.restart()
 
     def _settle(self) -> None:
         if self.outcome is None:
@@ -298,6 +380,9 @@ class Run:
                 self._finish(WorkflowTimeout(self.workflow.timeout or 0.0), RunStatus.FAILED)
             else:
                 self._finish(WorkflowAborted(f"run {self.run_id} was cancelled"), RunStatus.ABORTED)
+        if isinstance(self.outcome, WorkflowError):
+            for note in self._end_notes:
+                self.outcome.add_note(note)
         if self._inbox_send is not None:
             self._inbox_send.close()
         self.finished.set()
@@ -317,16 +402,40 @@ class Run:
         try:
             async for message in inbox:
                 self._inbox_backlog -= 1
-                message.apply(self)
+                if isinstance(message, QueuedCommit):
+                    self.spawn(self.commit(message.invocation, message.events))
+                else:
+                    self._apply(message)
+                # Whatever the order of commands and commits, the last one re-checks.
+                self._went_quiet()
         finally:  # the run ended: what is still queued gets its answer
             ended = RunFinished(f"run {self.run_id} ended ({self.status})")
             while True:
                 try:
-                    inbox.receive_nowait().reject(ended)
+                    message = inbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+                if not isinstance(message, QueuedCommit):
+                    message.reply.fail(ended)
 
-    async def command(self, command: Command[Any]) -> Any:
+    def _apply(self, command: Command) -> None:
+        """Carry out one command; its failure, whatever it is, answers its caller."""
+        try:
+            match command:
+                case Pause(cancel_in_flight=cancel_in_flight, reply=reply):
+                    self.pause(cancel_in_flight, reply)
+                case Resume(reply=reply):
+                    self.resume()
+                    reply.set(None)
+                case TakeSnapshot(reply=snapshot_reply):
+                    snapshot_reply.set(self.capture())
+                case RespondToInput(request_id=request_id, response=response, reply=reply):
+                    self.respond_to_input(request_id, response)
+                    reply.set(None)
+        except Exception as error:  # a WorkflowError, or a warning turned into an error
+            command.reply.fail(error)
+
+    async def command(self, command: Command) -> Any:
         """Send a control command through the inbox and wait for the run's answer."""
         self.check_running(type(command).__name__.lower())
         self._post(command)
@@ -352,6 +461,7 @@ class Run:
                 current = following
                 if following is not None:
                     following.scope = scope  # reachable by a pause during the checkpoint
+                    # Fairness: a chain of steps that never await must not starve the others.
                     await trio.lowlevel.checkpoint()
         if scope.cancelled_caught and current is not None:
             self._record(HistoryKind.STEP_CANCELLED, step=current.slot.spec.name, detail="pause")
@@ -403,17 +513,39 @@ class Run:
         return StepTimeout(spec.name, spec.timeout), None
 
     async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
+        """One call of the step: its output, or its exception as data for the run.
+
+        A step being cancelled (pause, abort, a timeout) whose cleanup raises is still being
+        cancelled: the cleanup error is recorded and the cancellation goes on.
+        """
         spec = invocation.slot.spec
         event = invocation.envelope.event
         try:
             if spec.context_position is None:
                 return None, await spec.fn(event)
-            ctx = Context(self, invocation)
+            ctx = Context._create(self, invocation)
             if spec.context_position == 0:
                 return None, await spec.fn(ctx, event)
             return None, await spec.fn(event, ctx)
         except Exception as exc:  # a step's failure is data for the run
+            if _being_cancelled():
+                await self._cancelled_with(spec.name, exc)
             return exc, None
+        except BaseExceptionGroup as group:  # Cancelled, beside what cleanup raised
+            errors = group.split(trio.Cancelled)[1]
+            if errors is None or not _being_cancelled():
+                raise
+            await self._cancelled_with(spec.name, errors)
+            raise  # not reached: the line above raised Cancelled
+
+    async def _cancelled_with(self, where: str, error: BaseException) -> None:
+        """Record what a cancelled step's cleanup raised, then go on being cancelled."""
+        text = f"{where!r} raised while being cancelled: {_describe(error)}"
+        assert self._nursery is not None
+        if self._nursery.cancel_scope.cancel_called:  # the run is ending (abort, timeout)
+            self._end_notes.append(text)
+        self._record(HistoryKind.STEP_CANCELLED, step=where, detail=text)
+        await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
 
     def _complete(self, invocation: Invocation, events: list[Event]) -> Invocation | None:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
@@ -444,8 +576,17 @@ class Run:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
         self.in_flight.discard(invocation)
         self.state.settle(invocation.undo)
-        if self.commit_log is not None:
-            self.commit_log.append((invocation.slot.spec.name, invocation.envelope.event))
+        self.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(
+                StepCommit(
+                    self.run_id,
+                    invocation.slot.spec.name,
+                    invocation.envelope.event,
+                    tuple(events),
+                    invocation.attempt,
+                )
+            )
         ready = self._route(events, invocation.slot.spec.name)
         ready.extend(self._release(invocation))
         if not self.in_flight and not ready:
@@ -474,9 +615,9 @@ class Run:
                     ready.append(invocation)
         return ready
 
-    def _envelope(self, event: Event, source: str | None) -> Envelope:
+    def _envelope(self, event: Event, source: str | None, *, quiet: bool = False) -> Envelope:
         self._seq += 1
-        if self.history is not None:
+        if self.history is not None and not quiet:
             type_id = event_type_id(event)
             self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
         return Envelope(event, self._seq, source)
@@ -484,7 +625,7 @@ class Run:
     def _admit(self, invocation: Invocation) -> bool:
         """Start the invocation now (True) or queue it (False): paused, or at its limit."""
         slot = invocation.slot
-        if not slot.queue and not self._paused:
+        if not slot.queue and not slot.returned and not self._paused:
             if slot.limiter is None:
                 self.in_flight.add(invocation)
                 return True
@@ -509,7 +650,10 @@ class Run:
     def _start_queued(self, slot: StepSlot) -> list[Invocation]:
         """Take invocations off a step's queue while the step has room."""
         ready: list[Invocation] = []
-        while slot.queue and not self._paused and self.outcome is None:
+        if self._paused or self.outcome is not None:
+            return ready
+        slot.merge_returned()
+        while slot.queue:
             following = slot.queue[0]
             if slot.limiter is not None:
                 try:
@@ -523,7 +667,11 @@ class Run:
         return ready
 
     def _requeue(self, invocation: Invocation) -> None:
-        """Put an unfinished invocation back in its queue, in commit order, effects undone."""
+        """Put an unfinished invocation back with its step's queue, its effects undone.
+
+        O(1): it goes to the step's `returned` list, merged back in commit order when the
+        step next starts work, so cancelling N in-flight steps costs O(N log N) in all.
+        """
         self.state.rollback(invocation.undo)
         invocation.sent.clear()
         invocation.closed = False
@@ -532,33 +680,37 @@ class Run:
         slot = invocation.slot
         if slot.limiter is not None:
             slot.limiter.release_on_behalf_of(invocation)
-        position = 0
-        while position < len(slot.queue) and slot.queue[position].envelope.seq < (
-            invocation.envelope.seq
-        ):
-            position += 1
-        slot.queue.insert(position, invocation)
+        slot.returned.append(invocation)
         self._queued += 1
         # A resume may have come while the cancelled step was unwinding: start it again.
         self.spawn(self._start_queued(slot))
         self._went_quiet()
 
     def _went_quiet(self) -> None:
-        """Called when nothing may be running: answer pausers, wait for input, or stall."""
-        if self.in_flight or self._answering or self.outcome is not None:
+        """Called whenever a step, a command or an inline answer ends.
+
+        With no step running: answer pausers once inline answers have unwound too; wait for
+        input (the clock stops, the status says so) while only requests are outstanding;
+        otherwise fail the stalled run.
+        """
+        if self.in_flight or self.outcome is not None:
             return
-        if self._paused:  # quiescent: steps that drained were active time, the pause is not
-            self.clock.stop()
+        if self._paused:
+            if self._answering:
+                return  # inline handler calls are still unwinding from their cancellation
+            self.clock.stop()  # quiescent: draining was active time, the pause is not
             for reply in self._pause_replies:
                 reply.set(None)
             self._pause_replies.clear()
             return
         if self._queued or self._inbox_backlog:
-            return
+            return  # work is waiting, or a command queued behind will check again
         if self.input_requests:
             self.status = RunStatus.WAITING_FOR_INPUT
             self.clock.stop()
             return
+        if self._answering:
+            return  # a moot inline answer is unwinding; it checks again when it has
         self.fail(
             WorkflowStalled(
                 f"run {self.run_id} of {self.workflow.name!r} went idle: no step is running, "
@@ -581,11 +733,11 @@ class Run:
             self.status = RunStatus.PAUSED
             self._record(HistoryKind.PAUSED, detail="cancel" if cancel_in_flight else "drain")
         for scope in self._answering.values():
-            scope.cancel()
+            scope.cancel(reason="the run was paused")
         if cancel_in_flight:
             for invocation in self.in_flight:
                 if invocation.scope is not None:
-                    invocation.scope.cancel()
+                    invocation.scope.cancel(reason="pause(cancel_in_flight=True)")
         self._pause_replies.append(reply)
         self._went_quiet()
 
@@ -610,6 +762,34 @@ class Run:
             if self.workflow.input_handler is not None and request_id not in self._answering:
                 self._answer_inline(envelope)
         self._went_quiet()
+
+    def capture(self) -> WorkflowSnapshot:
+        """A consistent snapshot of the run now (`TakeSnapshot`); exact when paused.
+
+        In-flight steps are recorded as pending work with their effects taken back.
+        """
+        logs = [invocation.undo for invocation in self.in_flight]
+        refs = self.refs.serialize(
+            self.workflow.session_pause_policy, excluding=self.state.inserted_refs(logs)
+        )
+        snapshot = snapshot_of(
+            workflow_name=self.workflow.name,
+            run_id=self.run_id,
+            status=self.status,
+            state=self.state.without(logs),
+            pending=[
+                Work(inv.slot.spec.name, inv.envelope.event, inv.envelope.source, inv.attempt)
+                for inv in self.pending()
+            ],
+            input_requests=[envelope.event for envelope in self.input_requests.values()],
+            usage=self.usage,
+            cost_usd=self.cost_usd,
+            history=self.history.entries if self.history is not None else (),
+            refs=refs,
+            active_time=self.clock.used,
+        )
+        self.refs.release(RefLifetime.UNTIL_SNAPSHOT)
+        return snapshot
 
     # -- input ---------------------------------------------------------------------------
 
@@ -637,8 +817,15 @@ class Run:
             try:
                 response = await handler(request)
             except Exception as exc:  # the handler's failure fails the run, chained
+                if _being_cancelled():
+                    await self._cancelled_with(INPUT_HANDLER, exc)
                 self.fail(_failure("input_handler", exc))
                 return
+            except BaseExceptionGroup as group:  # Cancelled, beside what cleanup raised
+                errors = group.split(trio.Cancelled)[1]
+                if errors is None or not _being_cancelled():
+                    raise
+                await self._cancelled_with(INPUT_HANDLER, errors)
         if self._answering.get(request.request_id) is scope:
             del self._answering[request.request_id]
         envelope = self.input_requests.get(request.request_id)
@@ -658,7 +845,7 @@ class Run:
         del self.input_requests[request_id]
         asking = self._answering.pop(request_id, None)
         if asking is not None:
-            asking.cancel()  # the inline handler's answer would come second
+            asking.cancel(reason="a human answered first")
         self._record(HistoryKind.INPUT_RECEIVED, detail=request_id)
         self._wake()
         reply = InputResponseEvent(request_id=request_id, response=response)
@@ -744,14 +931,14 @@ class Run:
             self.outcome = outcome
         self.status = status
         self._ended.set()
-        self._cancel_the_rest()
+        self._cancel_the_rest(f"the run ended ({status})")
         self.broadcast.close()
         ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
         for reply in self._pause_replies:
             reply.fail(ended)
         self._pause_replies.clear()
 
-    def _cancel_the_rest(self) -> None:
+    def _cancel_the_rest(self, reason: str) -> None:
         """Cancel the run's tasks, if any besides the caller is left.
 
         A run whose last step just emitted the StopEvent ends without raising Cancelled
@@ -763,7 +950,7 @@ class Run:
         current = trio.lowlevel.current_task()
         # The inbox task waits on its channel until cancelled.
         if self._inbox_send is not None or any(t is not current for t in nursery.child_tasks):
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason=reason)
 
     def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:
         if self.history is None:
@@ -789,24 +976,7 @@ class Run:
         if self.outcome is not None:
             raise RunFinished(f"{what}: run {self.run_id} already finished ({self.status})")
 
-    # -- views for snapshots -------------------------------------------------------------
-
     def pending(self) -> list[Invocation]:
         """Every invocation not yet committed (queued or in flight), in commit order."""
-        waiting = [inv for slot in self.slots for inv in slot.queue]
-        return sorted([*waiting, *self.in_flight], key=lambda inv: inv.envelope.seq)
-
-    def restore_pending(
-        self, invocations: Iterable[tuple[StepSlot, Event, str | None, int]]
-    ) -> None:
-        """Queue restored invocations in order (`slot, event, source, attempt`)."""
-        for slot, event, source, attempt in invocations:
-            invocation = Invocation(slot, self._envelope(event, source), attempt)
-            slot.queue.append(invocation)
-            self._queued += 1
-
-    def restore_inputs(self, requests: Iterable[InputRequestEvent]) -> None:
-        """Outstanding requests again, announced again on the stream (seen with replay)."""
-        for request in requests:
-            self.input_requests[request.request_id] = self._envelope(request, None)
-            self.publish(request)
+        waiting = [inv for slot in self.slots for inv in (*slot.queue, *slot.returned)]
+        return sorted([*waiting, *self.in_flight], key=_seq_of)

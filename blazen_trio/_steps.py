@@ -7,11 +7,12 @@ import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, overload
+from typing import Any, final, overload
 
 import attrs
 
 from ._checks import is_count, is_optional_duration
+from ._context import Context
 from ._errors import ValidationError
 from ._events import Event
 from ._retry import RetryPolicy
@@ -19,6 +20,7 @@ from ._retry import RetryPolicy
 StepFn = Callable[..., Awaitable[Any]]
 
 
+@final
 @attrs.frozen(eq=False)
 class StepSpec:
     """A step as the workflow sees it: the function plus its routing and run options.
@@ -108,8 +110,6 @@ def _resolve_hints(fn: StepFn, localns: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_context_annotation(annotation: object) -> bool:
-    from ._context import Context
-
     if isinstance(annotation, str):
         return annotation.rsplit(".", 1)[-1] == "Context"
     return annotation is Context

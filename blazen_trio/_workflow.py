@@ -7,14 +7,15 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 import attrs
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
-from ._capture import restore
+from ._capture import read_snapshot
 from ._checks import is_count, is_optional_duration
+from ._codec import WorkflowSnapshot, check_workflow_name, known_event_types
 from ._errors import SnapshotError, ValidationError
 from ._events import (
     STREAM_ONLY_EVENTS,
@@ -27,16 +28,16 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._refs import SessionPausePolicy
+from ._records import SessionPausePolicy, WorkflowResult
 from ._retry import RetryPolicy
-from ._run import InputHandler, Run, WorkflowResult
-from ._snapshot import WorkflowSnapshot, check_workflow_name
+from ._run import CommitObserver, InputHandler, Run
 from ._steps import StepSpec, _Options, read_step
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
 _NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
 
 
+@final
 @attrs.frozen
 class GraphEdge:
     """`accepts`: event type -> step; `emits`: step -> event type."""
@@ -46,6 +47,7 @@ class GraphEdge:
     kind: Literal["accepts", "emits"]
 
 
+@final
 @attrs.frozen
 class WorkflowGraph:
     """The step/event graph: step names, event type ids and the edges between them."""
@@ -135,6 +137,7 @@ def _mermaid_label(text: str) -> str:
     return re.sub(r'["<>]', "_", text)
 
 
+@final
 class Workflow:
     """A named set of steps, validated once and run any number of times, concurrently."""
 
@@ -176,6 +179,9 @@ class Workflow:
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
         self._targets: dict[type[Event], tuple[int, ...]] = {}
+        self._event_types = known_event_types(
+            t for spec in self.steps for t in (*spec.accepts, *spec.emits)
+        )
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
@@ -195,52 +201,68 @@ class Workflow:
     # -- running -------------------------------------------------------------------------
 
     async def run(
-        self, input: Any = None, *, resume: WorkflowSnapshot | None = None
+        self,
+        input: Any = None,
+        *,
+        resume: WorkflowSnapshot | None = None,
+        on_commit: CommitObserver | None = None,
     ) -> WorkflowResult:
         """Run to completion; raise the run's `WorkflowError` if it fails.
 
         `input` is the start event if it is an Event, else wrapped as `StartEvent(data=input)`.
         `resume=snapshot` goes on with a snapshotted run instead (same workflow name).
+        `on_commit(commit)` is called with each `StepCommit`, in the Trio thread, right after
+        the step's commit and before its outputs are routed; if it raises, the run fails with
+        `RunCrashed`.
         """
-        run = self._new_run(input, resume)
-        await run.drive(lambda: self._first_work(run, input, resume))
+        run = self._new_run(input, resume, on_commit)
+        await run.drive(lambda: self._first_work(run, input))
         return run.unwrap()
 
     @asynccontextmanager
     async def start(
-        self, input: Any = None, *, resume: WorkflowSnapshot | None = None
+        self,
+        input: Any = None,
+        *,
+        resume: WorkflowSnapshot | None = None,
+        on_commit: CommitObserver | None = None,
     ) -> AsyncIterator[WorkflowHandler]:
-        """Start (or resume) a run in a nursery owned by the block.
+        """Start (or resume) a run in a nursery owned by the block; as `run` otherwise.
 
         Leaving the block while the run is still going aborts it; nothing outlives the block.
         """
-        run = self._new_run(input, resume)
+        run = self._new_run(input, resume, on_commit)
         escaping: BaseException | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(run.main)
             try:
-                self._first_work(run, input, resume)
-                yield WorkflowHandler(run)
+                self._first_work(run, input)
+                yield WorkflowHandler._create(run)
             except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
                 escaping = exc
             run.abort()
         if escaping is not None:
             raise escaping
 
-    def _new_run(self, input: Any, resume: WorkflowSnapshot | None) -> Run:
+    def _new_run(
+        self, input: Any, resume: WorkflowSnapshot | None, on_commit: CommitObserver | None
+    ) -> Run:
+        if on_commit is not None and not callable(on_commit):
+            raise TypeError(f"on_commit must be callable, got {on_commit!r}")
         if resume is None:
-            return Run(self)
+            return Run(self, on_commit=on_commit)
         if input is not None:
             raise TypeError("pass either input or resume=, not both")
         if not isinstance(resume, WorkflowSnapshot):
             raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
         check_workflow_name(resume, self.name)
-        return Run(self, run_id=resume.run_id, active_time=resume.active_time)
+        restored = read_snapshot(resume, {spec.name for spec in self.steps}, self._event_types)
+        return Run(self, restored=restored, on_commit=on_commit)
 
     @staticmethod
-    def _first_work(run: Run, input: Any, resume: WorkflowSnapshot | None) -> None:
-        if resume is not None:
-            restore(run, resume)
+    def _first_work(run: Run, input: Any) -> None:
+        if run.restored:
+            run.begin_restored()
         else:
             run.begin(input if isinstance(input, Event) else StartEvent(data=input))
 

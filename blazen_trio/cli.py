@@ -8,7 +8,6 @@ blazen-trio inspect run.snapshot
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ from typing import Any
 import msgspec
 import trio
 
+from ._codec import WorkflowSnapshot, resolve_type_path
 from ._errors import SnapshotError, WorkflowError
-from ._snapshot import WorkflowSnapshot
 from ._workflow import Workflow
 
 
@@ -30,8 +29,8 @@ def _load_workflow(target: str) -> Workflow:
         raise SystemExit(f"blazen-trio: expected MODULE:ATTRIBUTE, got {target!r}")
     sys.path.insert(0, str(Path.cwd()))
     try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+        found = resolve_type_path(target)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise SystemExit(f"blazen-trio: cannot load {target!r}: {exc}") from None
     if not isinstance(found, Workflow):
         raise SystemExit(f"blazen-trio: {target!r} is a {type(found).__name__}, not a Workflow")

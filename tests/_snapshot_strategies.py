@@ -6,8 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from blazen_trio._codec import encode_value
-from blazen_trio._snapshot import WorkflowSnapshot
+from blazen_trio._codec import WorkflowSnapshot, encode_value
 from blazen_trio.testing import snapshots as _snapshots, state_values
 
 supported_values: st.SearchStrategy[Any] = state_values()

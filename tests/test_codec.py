@@ -32,14 +32,13 @@ from blazen_trio import (
     event_type_id,
 )
 from blazen_trio._codec import (
-    EncodedEvent,
     decode_event,
     decode_value,
     encode_event,
     encode_value,
     known_event_types,
 )
-from blazen_trio._refs import SessionRef
+from blazen_trio._records import EncodedEvent, SessionRef
 
 # --- values defined at module level, so the codec can name their classes --------------------
 

@@ -15,16 +15,18 @@ from _ref_objects import Connection
 from hypothesis import given, strategies as st
 
 import blazen_trio as bz
+from blazen_trio._records import (
+    SESSION_REF_KEY,
+    RefLifetime,
+    SerializedRef,
+    SessionPausePolicy,
+    SessionRef,
+)
 from blazen_trio._refs import (
     DROPPED_REFS_METADATA_KEY,
     MAX_SESSION_REFS,
-    SESSION_REF_TAG,
-    RefLifetime,
-    SessionPausePolicy,
-    SessionRef,
     SessionRefRegistry,
 )
-from blazen_trio._snapshot import SerializedRef
 
 
 class PicklableWithProtocol:
@@ -215,8 +217,8 @@ def test_enums_use_lower_case_values() -> None:
 def test_session_ref_wire_form(registry: SessionRefRegistry) -> None:
     ref = registry.insert(object())
     encoded = msgspec.json.encode(ref)
-    assert msgspec.json.decode(encoded) == {SESSION_REF_TAG: ref.key}
-    assert SESSION_REF_TAG == "__blazen_session_ref__"
+    assert msgspec.json.decode(encoded) == {SESSION_REF_KEY: ref.key}
+    assert SESSION_REF_KEY == "__blazen_session_ref__"
     assert msgspec.json.decode(encoded, type=SessionRef) == ref
 
 
@@ -224,7 +226,7 @@ def test_session_ref_inside_an_event_round_trips(registry: SessionRefRegistry) -
     obj = object()
     event = Holder(conn=registry.insert(obj), label="db")
     encoded = msgspec.json.encode(event)
-    assert msgspec.json.decode(encoded)["conn"] == {SESSION_REF_TAG: event.conn.key}
+    assert msgspec.json.decode(encoded)["conn"] == {SESSION_REF_KEY: event.conn.key}
     decoded = msgspec.json.decode(encoded, type=Holder)
     assert decoded == event
     assert registry.get(decoded.conn) is obj
@@ -465,7 +467,7 @@ def test_refs_dropped_at_the_snapshot_say_so_after_restore(
 def _valid(key: str) -> SerializedRef:
     return SerializedRef(
         key=key,
-        lifetime="until_run_end",
+        lifetime=RefLifetime.UNTIL_RUN_END,
         codec="pickle",
         type_path="builtins:int",
         data=base64.b64encode(pickle.dumps(1)).decode(),

@@ -13,17 +13,24 @@ from _snapshot_strategies import snapshots
 from hypothesis import given, strategies as st
 
 from blazen_trio import DynamicEvent, SnapshotError, StartEvent
-from blazen_trio._codec import decode_event, decode_value, encode_event, encode_value
-from blazen_trio._history import HistoryEntry, HistoryKind
-from blazen_trio._snapshot import (
+from blazen_trio._codec import (
     DEFAULT_MIGRATIONS,
     SNAPSHOT_VERSION,
-    EncodedEvent,
-    PendingEvent,
-    SerializedRef,
-    UsageTotals,
     WorkflowSnapshot,
     check_workflow_name,
+    decode_event,
+    decode_value,
+    encode_event,
+    encode_value,
+)
+from blazen_trio._records import (
+    EncodedEvent,
+    HistoryEntry,
+    HistoryKind,
+    PendingEvent,
+    RefLifetime,
+    SerializedRef,
+    UsageTotals,
 )
 
 Raw = dict[str, Any]
@@ -69,7 +76,11 @@ def make_snapshot(**changes: Any) -> WorkflowSnapshot:
         "metadata": {"note": "hello", "keys": ["a", "b"]},
         "session_refs": {
             "k1": SerializedRef(
-                key="k1", lifetime="until_run_end", codec="pickle", type_path="m:C", data="AAEC"
+                key="k1",
+                lifetime=RefLifetime.UNTIL_RUN_END,
+                codec="pickle",
+                type_path="m:C",
+                data="AAEC",
             )
         },
         "active_time": 12.5,
@@ -227,7 +238,7 @@ def _delete(name: str) -> Callable[[Raw], None]:
         (_set(("pending_events", 0, "attempt"), "2"), "attempt"),
         (_set(("pending_events", 0, "event"), {"type_id": "x"}), "payload"),
         (_set(("created_at",), "not a date"), "created_at"),
-        (_set(("created_at",), "2024-01-01T00:00:00"), "UTC-aware"),
+        (_set(("created_at",), "2024-01-01T00:00:00"), "created_at"),
         (_set(("created_at",), "2024-01-01T00:00:00+02:00"), "UTC-aware"),
         (_set(("state",), [1, 2]), "state"),
         (_set(("state", "x"), {"$blazen": "int", "v": 2**63}), "int outside signed 64-bit"),

@@ -1,0 +1,209 @@
+"""The records every layer shares: run status, usage, results, and the wire Structs.
+
+The bottom of the package (above only errors and events): plain data with no behaviour that
+needs another module, so the codec, the state, the run loop and the stores can all speak it.
+The snapshot's parts are msgspec Structs whose annotations carry their constraints
+(`msgspec.Meta`, enums, `Literal`), so decoding refuses what encoding could not have produced.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, final
+
+import attrs
+import msgspec
+
+from ._events import Event, StopEvent, UsageEvent
+
+INT64_MAX: Final = 2**63 - 1
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+"""A non-negative signed 64-bit count (tokens, sequence numbers)."""
+
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+"""An attempt number: 1 for the first attempt."""
+
+SESSION_REF_KEY: Final = "__blazen_session_ref__"
+"""The single key of a `SessionRef`'s wire form."""
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life; `str` so it compares equal to the plain names."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING_FOR_INPUT = "waiting_for_input"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class HistoryKind(StrEnum):
+    """What a history entry records."""
+
+    RUN_STARTED = "run_started"
+    RUN_RESUMED = "run_resumed"
+    EVENT_RECEIVED = "event_received"
+    STEP_DISPATCHED = "step_dispatched"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    STEP_RETRIED = "step_retried"
+    STEP_CANCELLED = "step_cancelled"
+    INPUT_REQUESTED = "input_requested"
+    INPUT_RECEIVED = "input_received"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    ABORTED = "aborted"
+
+
+@final
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One thing that happened in a run; `sequence` strictly increases within the run.
+
+    A msgspec Struct (not attrs) because history travels inside snapshots as-is.
+    """
+
+    sequence: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    kind: HistoryKind
+    timestamp: float
+    step: str | None = None
+    event_type: str | None = None
+    attempt: Attempt | None = None
+    duration: float | None = None
+    detail: str | None = None
+
+
+@final
+@attrs.frozen
+class Usage:
+    """Token totals summed over every `UsageEvent` the run emitted."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, event: UsageEvent) -> "Usage":
+        return Usage(
+            self.prompt_tokens + event.prompt_tokens,
+            self.completion_tokens + event.completion_tokens,
+            self.total_tokens + event.total_tokens,
+        )
+
+
+@final
+@attrs.frozen
+class WorkflowResult:
+    """What a completed run produced.
+
+    `session_refs` holds the live objects of refs inserted with
+    `RefLifetime.UNTIL_EXPLICIT_DROP`, which outlive the run by design.
+    """
+
+    result: Any
+    event: StopEvent
+    run_id: str
+    usage: Usage
+    cost_usd: float
+    history: tuple[HistoryEntry, ...] | None = None
+    session_refs: dict[str, Any] = attrs.Factory(dict)
+
+
+@final
+@attrs.frozen
+class StepCommit:
+    """One step invocation's commit, as `Workflow.start(on_commit=...)` observers see it.
+
+    `event` is the input the step consumed; `emitted` what it emitted (`ctx.send_event` calls,
+    then its return value), in routing order; `attempt` the attempt that completed.
+    """
+
+    run_id: str
+    step: str
+    event: Event
+    emitted: tuple[Event, ...]
+    attempt: int
+
+
+@final
+class SessionRef(msgspec.Struct, frozen=True, rename={"key": SESSION_REF_KEY}):
+    """A handle to a live object kept by the run; resolve it with `ctx.refs.get(ref)`.
+
+    Only the key travels (in events, in snapshots). Type an event field as `SessionRef` so
+    msgspec decodes it back into one; a field typed `Any` decodes to the plain wire dict.
+    """
+
+    key: str
+
+
+class RefLifetime(StrEnum):
+    """How long the run keeps a ref's object."""
+
+    UNTIL_RUN_END = "until_run_end"
+    """Released when the run ends (however it ends); serialized into snapshots."""
+    UNTIL_EXPLICIT_DROP = "until_explicit_drop"
+    """Kept until `drop()`; still live when the run ends, handed to the caller in the result."""
+    UNTIL_SNAPSHOT = "until_snapshot"
+    """Released when the run is snapshotted, under every policy; never serialized."""
+    UNTIL_PARENT_FINISH = "until_parent_finish"
+    """Kept while sub-workflows come and go; released when the owning (parent) run ends."""
+
+
+class SessionPausePolicy(StrEnum):
+    """What a snapshot does with the live refs (`UNTIL_SNAPSHOT` refs simply end there)."""
+
+    PICKLE_OR_ERROR = "pickle_or_error"
+    """Pickle every ref; if any fails, the snapshot fails with `SessionRefsNotSerializable`."""
+    PICKLE_OR_SERIALIZE = "pickle_or_serialize"
+    """Use the object's `__blazen_serialize__` protocol, else pickle; drop failures with a warning.
+
+    An object whose class has the protocol is serialized by it only (never pickled).
+    """
+    WARN_DROP = "warn_drop"
+    """Serialize nothing: drop every ref with one `RuntimeWarning`, keys kept in metadata."""
+    HARD_ERROR = "hard_error"
+    """Refuse to snapshot (`SessionRefError`) while any ref is live."""
+
+
+@final
+class SerializedRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A live session ref in serialized form, restored under its original key on resume."""
+
+    key: str
+    lifetime: RefLifetime
+    codec: Literal["pickle", "protocol"]  # protocol: __blazen_serialize__ / __blazen_deserialize__
+    type_path: str  # "module:QualName" of the object's class
+    data: str  # base64 of the serialized bytes
+
+
+@final
+class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An event in a snapshot: its type id and `{field name: wire form}`."""
+
+    type_id: str
+    payload: dict[str, Any]
+
+
+@final
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An event routed but not yet handled: it is delivered on resume.
+
+    `target_step` is set when the event is owed to one step only (say, the input of an
+    in-flight step put back); `attempt` is that invocation's attempt number.
+    """
+
+    event: EncodedEvent
+    source_step: str | None = None
+    target_step: str | None = None
+    attempt: Attempt = 1
+
+
+@final
+class UsageTotals(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Token usage and cost summed over a run."""
+
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    total_tokens: Count = 0
+    cost_usd: float = 0.0
