@@ -1,10 +1,11 @@
-"""The run loop: one nursery per run, one cancel scope per step invocation.
+"""The run loop: one nursery per run, one cancel scope per worker task.
 
 Events are routed when the step that emitted them completes. A step invocation runs in a
-worker task; when its commit yields new work and no command is waiting in the inbox, the same
-worker carries on with it (a chain of steps costs no task spawn per step). The inbox, a memory
-channel, carries control commands and the commits queued behind them, so the run sees one total
-order of commits and commands. See docs/architecture.md.
+worker task whose cancel scope holds one uncommitted invocation at a time; when its commit
+yields new work and no command is waiting in the inbox, the same worker carries on with it (a
+chain of steps costs no task spawn per step). The inbox, a memory channel, carries control
+commands (data, interpreted here) and the commits queued behind them, so the run sees one
+total order of commits and commands. See docs/architecture.md.
 """
 
 from __future__ import annotations

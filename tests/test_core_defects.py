@@ -69,13 +69,17 @@ async def test_the_users_own_exception_survives_a_failed_command(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wf, inserted = _ref_holding(bz.SessionPausePolicy.WARN_DROP)
-    with pytest.raises(KeyError, match="mine"):
+
+    async def users_block() -> None:
         async with wf.start() as handler:
             await inserted.wait()
             try:
                 await handler.snapshot()
             except RuntimeWarning:
                 raise KeyError("mine") from None
+
+    with pytest.raises(KeyError, match="mine"):
+        await users_block()
 
 
 async def test_a_snapshot_with_the_warning_allowed_still_works(
