@@ -8,7 +8,7 @@ run is built from. Only steps that were in flight at the snapshot run again on r
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -102,38 +102,104 @@ def snapshot_of(
 
 
 def read_snapshot(
-    snapshot: WorkflowSnapshot, steps: Collection[str], known: Mapping[str, type[Event]]
+    snapshot: WorkflowSnapshot,
+    accepts: Mapping[str, tuple[type[Event], ...]],
+    known: Mapping[str, type[Event]],
 ) -> RestoredRun:
-    """Decode `snapshot` for a workflow with these step names and event types.
+    """Decode `snapshot` for a workflow whose steps accept these event types.
 
-    Raises `SnapshotError` (or `SessionRefError` for refs) naming what cannot be restored.
+    Every pending event, collect buffer and input request is checked against the workflow, so
+    a tampered snapshot is refused instead of reaching a step. Raises `SnapshotError` naming
+    what does not fit (a session ref that cannot be restored included, chained to its cause).
     """
-    requests = [decode_event(item, known) for item in snapshot.input_requests]
-    if not all(isinstance(request, InputRequestEvent) for request in requests):
-        raise SnapshotError("snapshot input_requests hold an event that is not an input request")
-    pending = []
-    for item in snapshot.pending_events:
-        if item.target_step is None or item.target_step not in steps:
-            raise SnapshotError(
-                f"snapshot has work for step {item.target_step!r}, "
-                f"which workflow {snapshot.workflow_name!r} does not have"
-            )
-        event = decode_event(item.event, known)
-        pending.append(Work(item.target_step, event, item.source_step, item.attempt))
+    try:
+        return _read(snapshot, accepts, known)
+    except SnapshotError:
+        raise
+    except Exception as exc:  # SessionRefError, or anything a hand-built snapshot trips
+        raise SnapshotError(f"cannot restore snapshot of run {snapshot.run_id!r}: {exc}") from exc
+
+
+def _read(
+    snapshot: WorkflowSnapshot,
+    accepts: Mapping[str, tuple[type[Event], ...]],
+    known: Mapping[str, type[Event]],
+) -> RestoredRun:
     usage = snapshot.usage
-    dropped = snapshot.metadata.get(DROPPED_REFS_METADATA_KEY, ())
     return RestoredRun(
         run_id=snapshot.run_id,
         state={key: decode_value(wire, key=key) for key, wire in snapshot.state.items()},
-        buffers={
-            step: [decode_event(item, known) for item in buffer]
-            for step, buffer in snapshot.collect_buffers.items()
-        },
-        input_requests=[r for r in requests if isinstance(r, InputRequestEvent)],
-        pending=pending,
+        buffers=_buffers(snapshot, accepts, known),
+        input_requests=_requests(snapshot, known),
+        pending=_pending(snapshot, accepts, known),
         usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
         cost_usd=usage.cost_usd,
         history=list(snapshot.history),
-        refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=dropped),
+        refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=_dropped(snapshot)),
         active_time=snapshot.active_time,
     )
+
+
+def _pending(
+    snapshot: WorkflowSnapshot,
+    accepts: Mapping[str, tuple[type[Event], ...]],
+    known: Mapping[str, type[Event]],
+) -> list[Work]:
+    pending = []
+    for index, item in enumerate(snapshot.pending_events):
+        step = item.target_step
+        if step is None or step not in accepts:
+            raise SnapshotError(
+                f"snapshot has work for step {step!r}, "
+                f"which workflow {snapshot.workflow_name!r} does not have"
+            )
+        event = decode_event(item.event, known)
+        if not isinstance(event, accepts[step]):
+            raise SnapshotError(
+                f"snapshot pending_events[{index}] gives step {step!r} an event of type "
+                f"{item.event.type_id!r}, which the step does not accept"
+            )
+        pending.append(Work(step, event, item.source_step, item.attempt))
+    return pending
+
+
+def _buffers(
+    snapshot: WorkflowSnapshot,
+    accepts: Mapping[str, tuple[type[Event], ...]],
+    known: Mapping[str, type[Event]],
+) -> dict[str, list[Event]]:
+    buffers: dict[str, list[Event]] = {}
+    for step, buffer in snapshot.collect_buffers.items():
+        if step not in accepts:
+            raise SnapshotError(
+                f"snapshot has a collect buffer for step {step!r}, "
+                f"which workflow {snapshot.workflow_name!r} does not have"
+            )
+        # Unknown types stay DynamicEvents: a step may collect what it cannot type yet.
+        buffers[step] = [decode_event(item, known) for item in buffer]
+    return buffers
+
+
+def _requests(
+    snapshot: WorkflowSnapshot, known: Mapping[str, type[Event]]
+) -> list[InputRequestEvent]:
+    requests = []
+    for item in snapshot.input_requests:
+        request = decode_event(item, known)
+        if not isinstance(request, InputRequestEvent):
+            raise SnapshotError(
+                f"snapshot input_requests hold an event of type {item.type_id!r}, "
+                "not an input request"
+            )
+        requests.append(request)
+    return requests
+
+
+def _dropped(snapshot: WorkflowSnapshot) -> list[str]:
+    dropped = snapshot.metadata.get(DROPPED_REFS_METADATA_KEY, [])
+    if not isinstance(dropped, list) or not all(isinstance(key, str) for key in dropped):
+        raise SnapshotError(
+            f"snapshot metadata[{DROPPED_REFS_METADATA_KEY!r}] must be a list of str, "
+            f"got {dropped!r}"
+        )
+    return dropped

@@ -34,16 +34,26 @@ import pickle
 import pkgutil
 import types
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, Final, final
 
+import attrs
 import cattrs
 import msgspec
 from cattrs.preconf.json import make_converter
 
 from ._errors import SnapshotError
-from ._events import BUILTIN_EVENTS, DynamicEvent, Event, event_type_id
+from ._events import (
+    BUILTIN_EVENTS,
+    DynamicEvent,
+    Event,
+    InputRequestEvent,
+    InputResponseEvent,
+    UsageEvent,
+    event_type_id,
+)
 from ._records import (
     SESSION_REF_KEY,
     EncodedEvent,
@@ -213,7 +223,7 @@ def _where(path: list[str]) -> str:
     return f" at {shown}"
 
 
-def _wire_str(value: str) -> bool:
+def is_utf8(value: str) -> bool:
     """True unless the str holds lone surrogates, which UTF-8 (so JSON, MessagePack) refuses."""
     if value.isascii():
         return True
@@ -291,7 +301,7 @@ def _encode(value: Any, objects: bool, depth: int = 0) -> Any:
     if value is None or cls is bool:
         return value
     if cls is str:
-        if _wire_str(value):
+        if is_utf8(value):
             return value
     elif cls is int:
         if _INT64_MIN <= value <= _INT64_MAX:
@@ -309,7 +319,7 @@ def _encode(value: Any, objects: bool, depth: int = 0) -> Any:
             key: Any = None
             try:
                 for key, item in value.items():
-                    if type(key) is not str or not _wire_str(key):
+                    if type(key) is not str or not is_utf8(key):
                         break
                     out[key] = _encode(item, objects, depth)
                 else:
@@ -604,7 +614,7 @@ def _check_wire(value: Any, depth: int = 0) -> None:
     if value is None or cls is bool:
         return
     if cls is str:
-        if not _wire_str(value):
+        if not is_utf8(value):
             raise _Undecodable("str with lone surrogates")
         return
     if cls is int:
@@ -628,7 +638,7 @@ def _check_wire(value: Any, depth: int = 0) -> None:
         key: Any = None
         try:
             for key, item in value.items():
-                if type(key) is not str or not _wire_str(key):
+                if type(key) is not str or not is_utf8(key):
                     raise _Undecodable(f"dict key {key!r}")
                 _check_wire(item, depth)
         except _Undecodable as exc:
@@ -650,6 +660,26 @@ def known_event_types(types: Iterable[type[Event]]) -> dict[str, type[Event]]:
     known = {event_type_id(cls): cls for cls in BUILTIN_EVENTS}
     known.update((event_type_id(cls), cls) for cls in types)
     return known
+
+
+# Built-in events whose fields the engine reads, so their types must hold (msgspec does not
+# check at construction): a float token count or an int request id would break every later
+# snapshot.
+_CHECKED_EVENTS: Final = frozenset({UsageEvent, InputRequestEvent, InputResponseEvent})
+
+
+def builtin_event_problem(event: Event) -> str | None:
+    """What makes a built-in event unfit to enter a run or a snapshot, or None."""
+    cls = type(event)
+    if cls not in _CHECKED_EVENTS:
+        return None
+    try:
+        msgspec.convert(msgspec.structs.asdict(event), cls)
+    except msgspec.ValidationError as exc:
+        return f"{cls.__name__}: {exc}"
+    if isinstance(event, UsageEvent) and not math.isfinite(event.cost_usd):
+        return f"UsageEvent: cost_usd must be finite, got {event.cost_usd!r}"
+    return None
 
 
 def encode_event(event: Event) -> EncodedEvent:
@@ -697,24 +727,38 @@ def decode_event(encoded: EncodedEvent, known: Mapping[str, type[Event]]) -> Eve
         if name in fields
     }
     try:
-        return cls(**kwargs)
+        event = cls(**kwargs)
     except Exception as exc:  # a missing field, or the class's own __post_init__ checks
         raise SnapshotError(
             f"cannot restore event {encoded.type_id!r} as {_type_name(cls)}: {exc}"
         ) from exc
+    problem = builtin_event_problem(event)
+    if problem is not None:
+        raise SnapshotError(f"cannot restore event {encoded.type_id!r}: {problem}")
+    return event
 
 
 # ---------------------------------------------------------------------------------------------
 # Snapshots
 
-SNAPSHOT_VERSION: Final = 1
-"""The snapshot format this blazen_trio writes; older ones are migrated on decoding."""
+SNAPSHOT_VERSION: Final = 2
+"""The snapshot format this blazen_trio writes; older ones are migrated on decoding.
+
+Version 2 seals the document: `{"version": 2, "crc32": N, "snapshot": {...}}`, N the CRC-32 of
+the exact bytes of `snapshot`. Version 1 was the bare document, with no checksum.
+"""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 """Upgrades a raw snapshot (plain builtins) of version N to version N + 1."""
 
-DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType({})
-"""The built-in migrations, keyed by the version they upgrade from (none yet)."""
+
+def _from_version_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 changed only the sealing around the document, not the document."""
+    return raw
+
+
+DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType({1: _from_version_1})
+"""The built-in migrations, keyed by the version they upgrade from."""
 
 
 @final
@@ -762,18 +806,12 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
             raise SnapshotError("invalid snapshot: " + "; ".join(problems))
 
     def to_bytes(self) -> bytes:
-        """The snapshot as MessagePack."""
-        try:
-            return _MSGPACK_ENCODER.encode(self)
-        except Exception as exc:  # e.g. a str field holding lone surrogates
-            raise SnapshotError(f"cannot encode snapshot as MessagePack: {exc}") from exc
+        """The snapshot as MessagePack, sealed with a CRC-32 of its bytes."""
+        return _seal(self, _MSGPACK, "MessagePack")
 
     def to_json(self) -> bytes:
-        """The snapshot as JSON (UTF-8 bytes)."""
-        try:
-            return _JSON_ENCODER.encode(self)
-        except Exception as exc:  # e.g. a str field holding lone surrogates
-            raise SnapshotError(f"cannot encode snapshot as JSON: {exc}") from exc
+        """The snapshot as JSON (UTF-8 bytes), sealed with a CRC-32 of its bytes."""
+        return _seal(self, _JSON, "JSON")
 
     @classmethod
     def from_bytes(
@@ -785,13 +823,11 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         """Decode `to_bytes()` output; older versions are migrated, newer ones refused.
 
         `migrations` (version N -> function upgrading a raw dict to N + 1) are merged over
-        `DEFAULT_MIGRATIONS`. Raises `SnapshotError` for anything that is not a valid snapshot.
+        `DEFAULT_MIGRATIONS`. Raises `SnapshotError` for anything that is not a valid snapshot:
+        corrupt bytes (the checksum), a wrong shape, a value out of range.
         """
         _check_input(data, "from_bytes")
-        if _peek_version(data, _MSGPACK_VERSION, "MessagePack") == SNAPSHOT_VERSION:
-            return _decode_current(data, _MSGPACK_SNAPSHOT, "MessagePack")
-        raw = _decode_raw(data, _MSGPACK_RAW_DECODER.decode, "MessagePack")
-        return _from_raw(raw, migrations)
+        return _unseal(data, _MSGPACK, "MessagePack", migrations)
 
     @classmethod
     def from_json(
@@ -802,10 +838,9 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     ) -> "WorkflowSnapshot":
         """Decode `to_json()` output (bytes or str); as `from_bytes` otherwise."""
         _check_input(data, "from_json")
-        if _peek_version(data, _JSON_VERSION, "JSON") == SNAPSHOT_VERSION:
-            return _decode_current(data, _JSON_SNAPSHOT, "JSON")
-        raw = _decode_raw(data, _JSON_RAW_DECODER.decode, "JSON")
-        return _from_raw(raw, migrations)
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        return _unseal(data, _JSON, "JSON", migrations)
 
 
 def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
@@ -817,16 +852,69 @@ def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
 _DECODING: ContextVar[bool] = ContextVar("blazen_trio_decoding_snapshot", default=False)
 
 
-class _Version(msgspec.Struct):
-    """Just the version of an encoded snapshot (the rest is skipped by the decoder)."""
+class _Sealed(msgspec.Struct, frozen=True):
+    """The encoded form of a snapshot: its document's exact bytes and their CRC-32.
+
+    Read first, skipping over the document; a version 1 snapshot (the bare document) reads as
+    `version` only, with `snapshot` empty.
+    """
 
     version: Any = 1  # snapshots before the field existed were version 1; checked below
+    crc32: Any = None
+    snapshot: msgspec.Raw = msgspec.Raw()
 
 
-_MSGPACK_VERSION: Final = msgspec.msgpack.Decoder(_Version)
-_JSON_VERSION: Final = msgspec.json.Decoder(_Version)
-_MSGPACK_SNAPSHOT: Final = msgspec.msgpack.Decoder(WorkflowSnapshot)
-_JSON_SNAPSHOT: Final = msgspec.json.Decoder(WorkflowSnapshot)
+@attrs.frozen
+class _Format:
+    """The encoder and decoders of one of the two snapshot formats."""
+
+    encoder: msgspec.msgpack.Encoder | msgspec.json.Encoder
+    sealed: msgspec.msgpack.Decoder[_Sealed] | msgspec.json.Decoder[_Sealed]
+    document: msgspec.msgpack.Decoder[WorkflowSnapshot] | msgspec.json.Decoder[WorkflowSnapshot]
+    raw: msgspec.msgpack.Decoder[dict[str, Any]] | msgspec.json.Decoder[dict[str, Any]]
+
+
+_MSGPACK: Final = _Format(
+    _MSGPACK_ENCODER,
+    msgspec.msgpack.Decoder(_Sealed),
+    msgspec.msgpack.Decoder(WorkflowSnapshot),
+    _MSGPACK_RAW_DECODER,
+)
+_JSON: Final = _Format(
+    _JSON_ENCODER,
+    msgspec.json.Decoder(_Sealed),
+    msgspec.json.Decoder(WorkflowSnapshot),
+    _JSON_RAW_DECODER,
+)
+
+
+def _seal(snapshot: WorkflowSnapshot, form: _Format, codec: str) -> bytes:
+    try:
+        document = form.encoder.encode(snapshot)
+    except Exception as exc:  # e.g. a str field holding lone surrogates
+        raise SnapshotError(f"cannot encode snapshot as {codec}: {exc}") from exc
+    sealed = _Sealed(SNAPSHOT_VERSION, zlib.crc32(document), msgspec.Raw(document))
+    return form.encoder.encode(sealed)
+
+
+def _unseal(
+    data: Any, form: _Format, codec: str, migrations: Mapping[int, Migration] | None
+) -> WorkflowSnapshot:
+    try:
+        sealed = form.sealed.decode(data)
+    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
+    version = _check_version(sealed.version)
+    if version >= 2:
+        if type(sealed.crc32) is not int or not len(sealed.snapshot):
+            raise SnapshotError(f"not a sealed {codec} snapshot: no crc32 or no snapshot")
+        if zlib.crc32(sealed.snapshot) != sealed.crc32:
+            raise SnapshotError(f"{codec} snapshot is corrupt: its CRC-32 does not match its bytes")
+        data = sealed.snapshot
+    if version == SNAPSHOT_VERSION:
+        return _decode_current(data, form.document, codec)
+    raw = _decode_raw(data, form.raw.decode, codec)
+    return _from_raw(raw, migrations)
 
 
 def _check_input(data: object, method: str) -> None:
@@ -839,11 +927,7 @@ def _check_input(data: object, method: str) -> None:
         )
 
 
-def _peek_version(data: Any, decoder: Any, codec: str) -> int:
-    try:
-        version = decoder.decode(data).version
-    except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
-        raise SnapshotError(f"not a {codec} snapshot: {exc}") from exc
+def _check_version(version: Any) -> int:
     if type(version) is not int:
         raise SnapshotError(f"snapshot version must be an int, got {version!r}")
     if version > SNAPSHOT_VERSION:
@@ -877,14 +961,7 @@ def _decode_raw(data: Any, decode: Callable[[Any], dict[str, Any]], codec: str) 
 
 
 def _from_raw(raw: dict[str, Any], migrations: Mapping[int, Migration] | None) -> WorkflowSnapshot:
-    version = raw.get("version", 1)  # snapshots before the field existed were version 1
-    if type(version) is not int:
-        raise SnapshotError(f"snapshot version must be an int, got {version!r}")
-    if version > SNAPSHOT_VERSION:
-        raise SnapshotError(
-            f"snapshot version {version} is newer than this blazen_trio supports "
-            f"({SNAPSHOT_VERSION})"
-        )
+    version = _check_version(raw.get("version", 1))  # version 1 did not always write it
     if version < SNAPSHOT_VERSION:
         raw = _migrate(raw, version, {**DEFAULT_MIGRATIONS, **(migrations or {})})
     try:
@@ -938,6 +1015,11 @@ def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
         problems.append(f"active_time must be finite and >= 0, got {snapshot.active_time!r}")
     if not math.isfinite(snapshot.usage.cost_usd):
         problems.append(f"usage.cost_usd must be finite, got {snapshot.usage.cost_usd!r}")
+    for entry in snapshot.history:  # JSON cannot carry inf or nan: refuse them in both forms
+        for name in ("timestamp", "duration"):
+            number = getattr(entry, name)
+            if number is not None and not math.isfinite(number):
+                problems.append(f"history entry {entry.sequence}: {name} is {number!r}")
 
     if not deep:
         return problems
@@ -956,9 +1038,4 @@ def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
             check(event.payload, f"collect_buffers[{step!r}][{index}]")
     for index, event in enumerate(snapshot.input_requests):
         check(event.payload, f"input_requests[{index}]")
-    for entry in snapshot.history:
-        for name in ("timestamp", "duration"):
-            number = getattr(entry, name)
-            if number is not None and not math.isfinite(number):
-                problems.append(f"history entry {entry.sequence}: {name} is {number!r}")
     return problems

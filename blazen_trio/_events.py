@@ -2,12 +2,18 @@
 
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar, dataclass_transform
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, dataclass_transform
 
 import msgspec
 from msgspec import StructMeta
 
 from ._errors import ValidationError
+
+INT64_MAX: Final = 2**63 - 1
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+"""A non-negative signed 64-bit count (tokens, sequence numbers): what both snapshot formats
+carry exactly."""
 
 # Weak, so classes made per test or per notebook cell do not pile up.
 _classes_by_type_id: "weakref.WeakValueDictionary[str, type[Event]]" = weakref.WeakValueDictionary()
@@ -118,9 +124,9 @@ class UsageEvent(Event, type_id="blazen.UsageEvent"):
 
     provider: str = ""
     model: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    total_tokens: Count = 0
     cost_usd: float = 0.0
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 

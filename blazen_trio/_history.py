@@ -6,6 +6,7 @@ import time
 from collections import deque
 
 from ._checks import is_count
+from ._codec import is_utf8
 from ._records import HistoryEntry, HistoryKind
 
 DEFAULT_HISTORY_LIMIT = 100_000
@@ -41,6 +42,10 @@ class History:
         detail: str | None = None,
     ) -> None:
         self._sequence += 1
+        if detail is not None and not is_utf8(detail):
+            # Error texts may hold lone surrogates (os.fsdecode): escape them, or no snapshot
+            # holding this entry could be encoded.
+            detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(self.entries) == self.entries.maxlen:
             self.dropped += 1
         self.entries.append(

@@ -12,12 +12,7 @@ from typing import Annotated, Any, Final, Literal, final
 import attrs
 import msgspec
 
-from ._events import Event, StopEvent, UsageEvent
-
-INT64_MAX: Final = 2**63 - 1
-
-Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-"""A non-negative signed 64-bit count (tokens, sequence numbers)."""
+from ._events import INT64_MAX, Count, Event, StopEvent, UsageEvent
 
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
 """An attempt number: 1 for the first attempt."""

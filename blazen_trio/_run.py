@@ -25,7 +25,7 @@ import trio
 
 from ._broadcast import Broadcast
 from ._capture import RestoredRun, Work, snapshot_of
-from ._codec import WorkflowSnapshot
+from ._codec import WorkflowSnapshot, builtin_event_problem
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._errors import (
@@ -41,6 +41,7 @@ from ._errors import (
     WorkflowTimeout,
 )
 from ._events import (
+    INT64_MAX,
     Event,
     InputRequestEvent,
     InputResponseEvent,
@@ -604,6 +605,10 @@ class Run:
                 self._finish(event, RunStatus.COMPLETED)
                 break
             if isinstance(event, InputRequestEvent):
+                problem = builtin_event_problem(event)
+                if problem is not None:
+                    self.fail(StepFailed(source or "start", f"invalid input request: {problem}"))
+                    break
                 self._request_input(envelope)
                 continue
             targets = self.workflow.targets(type(event))
@@ -859,7 +864,15 @@ class Run:
         self.broadcast.publish(event)
 
     def record_usage(self, usage: UsageEvent) -> None:
-        self.usage += usage
+        """Add a model call's usage; a malformed one (a float token count...) is refused here,
+        in the step that emits it, since it could not go into a snapshot."""
+        problem = builtin_event_problem(usage)
+        totals = self.usage + usage
+        if problem is None and max(attrs.astuple(totals)) > INT64_MAX:
+            problem = "the run's token totals would exceed a signed 64-bit count"
+        if problem is not None:
+            raise ValueError(f"emit_usage: {problem}")
+        self.usage = totals
         self.cost_usd += usage.cost_usd
         self.publish(usage)
 

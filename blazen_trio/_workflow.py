@@ -256,7 +256,8 @@ class Workflow:
         if not isinstance(resume, WorkflowSnapshot):
             raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
         check_workflow_name(resume, self.name)
-        restored = read_snapshot(resume, {spec.name for spec in self.steps}, self._event_types)
+        accepts = {spec.name: spec.accepts for spec in self.steps}
+        restored = read_snapshot(resume, accepts, self._event_types)
         return Run(self, restored=restored, on_commit=on_commit)
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -91,9 +92,26 @@ def make_snapshot(**changes: Any) -> WorkflowSnapshot:
 
 SAMPLE = make_snapshot()
 
+
+def sealed(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """Encode a raw document as `to_bytes` / `to_json` would: sealed with the CRC-32 of its
+    bytes, unless it claims to be a version 0 or 1 document (those were written bare)."""
+
+    def seal(raw: Any) -> bytes:
+        version = raw.get("version") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict) or (type(version) is int and version < 2):
+            return encode(raw)
+        body = encode(raw)
+        return encode(
+            {"version": version, "crc32": zlib.crc32(body), "snapshot": msgspec.Raw(body)}
+        )
+
+    return seal
+
+
 FORMATS: list[tuple[str, Callable[[Any], bytes], Decode]] = [
-    ("msgpack", msgspec.msgpack.encode, WorkflowSnapshot.from_bytes),
-    ("json", msgspec.json.encode, WorkflowSnapshot.from_json),
+    ("msgpack", sealed(msgspec.msgpack.encode), WorkflowSnapshot.from_bytes),
+    ("json", sealed(msgspec.json.encode), WorkflowSnapshot.from_json),
 ]
 by_format = pytest.mark.parametrize(
     ("encode", "decode"), [(enc, dec) for _, enc, dec in FORMATS], ids=[f for f, _, _ in FORMATS]
@@ -249,7 +267,7 @@ def _delete(name: str) -> Callable[[Raw], None]:
         (_set(("active_time",), -1.0), "active_time"),
         (_set(("version",), "1"), "version must be an int"),
         (_set(("version",), True), "version must be an int"),
-        (_set(("version",), 2), "snapshot version 2 is newer than this blazen_trio supports (1)"),
+        (_set(("version",), 3), "snapshot version 3 is newer than this blazen_trio supports (2)"),
         (_set(("version",), 0), "no migration from version 0 to 1"),
     ],
 )
@@ -280,7 +298,7 @@ def test_msgpack_only_values_in_wire_fields_are_refused() -> None:
     for bad in (float("nan"), float("inf"), b"raw", 2**64 - 1, msgspec.msgpack.Ext(1, b"x")):
         raw = raw_sample()
         raw["state"]["x"] = bad
-        decoded = WorkflowSnapshot.from_bytes(msgspec.msgpack.encode(raw))
+        decoded = WorkflowSnapshot.from_bytes(sealed(msgspec.msgpack.encode)(raw))
         with pytest.raises(SnapshotError, match=r"state is not a wire form .*\['x'\]"):
             decoded.validate()
 
@@ -330,7 +348,7 @@ def test_decode_errors_keep_their_cause() -> None:
         ({"input_requests": [EncodedEvent(type_id="t", payload={"b": b"x"})]}, "input_requests[0]"),
         ({"collect_buffers": {"s": [EncodedEvent(type_id="t", payload={"f": math.inf})]}}, "'s'"),
         ({"created_at": dt.datetime(2024, 1, 1)}, "UTC-aware"),
-        ({"version": 2}, "version is 2"),
+        ({"version": 3}, "version is 3"),
         ({"active_time": math.nan}, "active_time"),
         ({"active_time": -0.5}, "active_time"),
         ({"usage": UsageTotals(cost_usd=math.inf)}, "cost_usd"),
@@ -435,9 +453,41 @@ def test_a_migration_that_leaves_a_bad_snapshot_is_refused(
         decode(encode(version_0()), migrations={0: lambda raw: raw})
 
 
-def test_there_are_no_default_migrations_yet() -> None:
-    assert SNAPSHOT_VERSION == 1
-    assert dict(DEFAULT_MIGRATIONS) == {}
+def test_version_1_documents_migrate_unchanged() -> None:
+    assert SNAPSHOT_VERSION == 2
+    assert set(DEFAULT_MIGRATIONS) == {1}
+    raw = raw_sample()
+    raw["version"] = 1  # written bare, with no checksum
+    assert WorkflowSnapshot.from_bytes(msgspec.msgpack.encode(raw)) == SAMPLE
+    assert WorkflowSnapshot.from_json(msgspec.json.encode(raw)) == SAMPLE
+
+
+# --- the checksum -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_a_flipped_bit_in_the_document_is_refused(codec: str) -> None:
+    data = SAMPLE.to_bytes() if codec == "msgpack" else SAMPLE.to_json()
+    decode = WorkflowSnapshot.from_bytes if codec == "msgpack" else WorkflowSnapshot.from_json
+    at = data.index(b"greeter") + 2  # inside the workflow name: still well-formed after a flip
+    flipped = data[:at] + bytes([data[at] ^ 0x04]) + data[at + 1 :]
+    with pytest.raises(SnapshotError, match="CRC-32 does not match"):
+        decode(flipped)
+
+
+@pytest.mark.parametrize("crc", [None, "x", -1, 0])
+def test_a_missing_or_wrong_checksum_is_refused(crc: Any) -> None:
+    body = msgspec.json.encode(raw_sample())
+    data = msgspec.json.encode({"version": 2, "crc32": crc, "snapshot": msgspec.Raw(body)})
+    with pytest.raises(SnapshotError, match=r"crc32|CRC-32"):
+        WorkflowSnapshot.from_json(data)
+
+
+def test_the_json_form_stays_readable() -> None:
+    sealed_json = msgspec.json.decode(SAMPLE.to_json())
+    assert sealed_json["version"] == 2
+    assert sealed_json["snapshot"]["workflow_name"] == "greeter"
+    assert zlib.crc32(msgspec.json.encode(sealed_json["snapshot"])) == sealed_json["crc32"]
     with pytest.raises(TypeError):
         DEFAULT_MIGRATIONS[0] = upgrade_0_to_1  # type: ignore[index]  # read-only, on purpose
 
