@@ -165,7 +165,9 @@ async def test_an_input_request_with_a_list_for_an_id_is_refused(
         await resume_both_ways(reseal(raw))
 
 
-async def test_an_inf_history_timestamp_is_refused_at_decode() -> None:
+async def test_an_inf_history_timestamp_is_refused_at_decode(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     snapshot = await paused_snapshot()
     raw = msgspec.to_builtins(snapshot)
     raw["history"][0]["timestamp"] = float("inf")

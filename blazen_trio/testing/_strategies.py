@@ -20,7 +20,7 @@ import attrs
 import msgspec
 from hypothesis import strategies as st
 
-from .._codec import WorkflowSnapshot, encode_value
+from .._codec import WorkflowSnapshot, builtin_event_problem, encode_value
 from .._events import DynamicEvent, Event
 from .._records import (
     EncodedEvent,
@@ -259,7 +259,8 @@ def events(event_type: type[E]) -> st.SearchStrategy[E]:
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise TypeError(f"events() takes an Event subclass, got {event_type!r}")
     strategy: st.SearchStrategy[E] = _structs(event_type)
-    return strategy
+    # Built-in events the engine reads must be valid to enter a run (finite cost, say).
+    return strategy.filter(lambda event: builtin_event_problem(event) is None)
 
 
 _NAMES = st.text(min_size=1, max_size=16)
