@@ -97,6 +97,29 @@ def _check_handlers(input_handler: object, policy: object) -> list[str]:
     return problems
 
 
+def _related(a: type[Event], b: type[Event]) -> bool:
+    """An event declared as one type may be routed as the other (subclasses go to bases)."""
+    return issubclass(a, b) or issubclass(b, a)
+
+
+def _start_types(specs: list[StepSpec]) -> list[type[Event]]:
+    """StartEvent and its subclasses, and each routed type a step accepts that none emits.
+
+    Only declared emits count: a step of unknown emits does not make every type "emitted".
+    `InputResponseEvent` comes from the run (after a request), never at the start.
+    """
+    declared = [t for s in specs for t in s.emits]
+    return [
+        t
+        for s in specs
+        for t in s.accepts
+        if issubclass(t, StartEvent)
+        or not (
+            issubclass(t, (StopEvent, InputResponseEvent)) or any(_related(e, t) for e in declared)
+        )
+    ]
+
+
 def _graph_problems(specs: list[StepSpec]) -> list[str]:
     """Every structural problem of a set of valid steps."""
     problems = [
@@ -105,8 +128,11 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
         if count > 1
     ]
     accepted = [t for s in specs for t in s.accepts]
-    if not any(issubclass(t, StartEvent) for t in accepted):
-        problems.append("no step accepts the start event (StartEvent or a subclass)")
+    if not _start_types(specs):
+        problems.append(
+            "no step accepts a start event (StartEvent, a subclass of it, or a type that no "
+            "step emits)"
+        )
     if not any(not s.emits_known or any(issubclass(t, StopEvent) for t in s.emits) for s in specs):
         problems.append("no step can emit StopEvent, so no run can finish")
     if any(issubclass(t, InputRequestEvent) for s in specs for t in s.emits) and not any(

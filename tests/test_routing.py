@@ -123,6 +123,21 @@ async def test_a_custom_start_event_reaches_its_step_and_start_event_steps() -> 
     ]
 
 
+async def test_a_custom_start_event_of_its_own_starts_a_run() -> None:
+    class Begin(bz.Event):
+        x: int
+
+    @bz.step
+    async def entry(ev: Begin) -> Number:
+        return Number(value=ev.x)
+
+    @bz.step
+    async def double(ev: Number) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.value * 2)
+
+    assert (await bz.Workflow("begin", [entry, double]).run(Begin(x=21))).result == 42
+
+
 @pytest.mark.parametrize(("value", "path"), [(3, "odd"), (4, "even")])
 async def test_a_union_return_branches(value: int, path: str) -> None:
     @bz.step

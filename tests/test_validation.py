@@ -47,9 +47,27 @@ def test_a_valid_workflow_keeps_its_steps_in_order() -> None:
     assert [s.name for s in wf.steps] == ["parse", "finish"]
 
 
-def test_no_step_accepting_the_start_event() -> None:
-    (problem,) = problems_of("wf", [finish])
-    assert problem == "workflow 'wf': no step accepts the start event (StartEvent or a subclass)"
+def test_no_step_accepting_a_start_type() -> None:
+    @bz.step
+    async def again(ev: Parsed) -> Parsed | bz.StopEvent:
+        return bz.StopEvent()
+
+    (problem,) = problems_of("wf", [again])
+    assert problem == (
+        "workflow 'wf': no step accepts a start event (StartEvent, a subclass of it, "
+        "or a type that no step emits)"
+    )
+
+
+def test_a_type_no_step_emits_is_a_start_type() -> None:
+    class Begin(bz.Event):
+        x: int
+
+    @bz.step
+    async def entry(ev: Begin) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.x * 2)
+
+    assert bz.Workflow("begin", [entry]).steps == (entry,)
 
 
 def test_a_step_accepting_a_start_event_subclass_is_an_entry() -> None:
@@ -172,10 +190,15 @@ def test_every_graph_problem_is_listed_at_once() -> None:
     async def twin(ev: bz.StopEvent) -> None:
         return None
 
-    problems = problems_of("wf", [stray, twin])
+    @bz.step
+    async def again(ev: Parsed) -> Parsed:
+        return ev
+
+    problems = problems_of("wf", [stray, twin, again])
     assert problems == (
         "workflow 'wf': duplicate step name 'stray'",
-        "workflow 'wf': no step accepts the start event (StartEvent or a subclass)",
+        "workflow 'wf': no step accepts a start event (StartEvent, a subclass of it, or a type "
+        "that no step emits)",
         "workflow 'wf': no step can emit StopEvent, so no run can finish",
         "workflow 'wf': step 'stray' accepts StopEvent, which ends the run and is never routed",
         "workflow 'wf': step 'stray' emits Orphan, which no step accepts",
