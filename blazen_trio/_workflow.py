@@ -36,6 +36,15 @@ from ._steps import StepSpec, _Options, read_step
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
 _NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
 
+# Accepting these is a definition error: the run handles them itself and never routes them.
+_NEVER_ROUTED: tuple[tuple[type[Event], str], ...] = (
+    (StopEvent, "ends the run and is never routed"),
+    (
+        InputRequestEvent,
+        "goes to the caller or the input_handler and is never routed to a step",
+    ),
+)
+
 
 @final
 @attrs.frozen
@@ -140,9 +149,10 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
     ):
         problems.append("a step emits InputRequestEvent but no step accepts InputResponseEvent")
     problems.extend(
-        f"step {s.name!r} accepts StopEvent, which ends the run and is never routed"
+        f"step {s.name!r} accepts {never.__qualname__}, which {why}"
         for s in specs
-        if any(issubclass(t, StopEvent) for t in s.accepts)
+        for never, why in _NEVER_ROUTED
+        if any(issubclass(t, never) for t in s.accepts)
     )
     for s in specs:
         for emitted in s.emits:

@@ -164,6 +164,22 @@ def test_a_step_accepting_stop_event() -> None:
     )
 
 
+def test_a_step_accepting_input_request_event() -> None:
+    @bz.step(emits=[bz.InputRequestEvent, bz.StopEvent])
+    async def asker(ev: bz.StartEvent | bz.InputResponseEvent) -> Any:
+        return bz.StopEvent()
+
+    @bz.step
+    async def eavesdrop(ev: bz.InputRequestEvent) -> None:
+        return None
+
+    problems = problems_of("wf", [asker, eavesdrop])
+    assert problems == (
+        "workflow 'wf': step 'eavesdrop' accepts InputRequestEvent, which goes to the caller "
+        "or the input_handler and is never routed to a step",
+    )
+
+
 def test_a_plain_async_function_is_read_as_a_step() -> None:
     async def plain(ev: bz.StartEvent) -> bz.StopEvent:
         return bz.StopEvent()
