@@ -31,7 +31,7 @@ from ._history import DEFAULT_HISTORY_LIMIT
 from ._records import SessionPausePolicy, WorkflowResult
 from ._retry import RetryPolicy
 from ._run import CommitObserver, InputHandler, Run
-from ._steps import StepSpec, _Options, read_step
+from ._steps import StepSpec
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
 _NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
@@ -67,16 +67,20 @@ class WorkflowGraph:
 
 
 def _read_steps(steps: Iterable[object]) -> tuple[list[StepSpec], list[str]]:
+    """The steps, and a problem for each item that is not one.
+
+    A plain function is refused rather than read: `@step` is where its options go, and a
+    function that is not decorated is more often a mistake than a shorthand.
+    """
     specs: list[StepSpec] = []
     problems: list[str] = []
     for item in steps:
         if isinstance(item, StepSpec):
             specs.append(item)
-            continue
-        spec, found = read_step(item, _Options(), {})
-        problems.extend(found)
-        if spec is not None:
-            specs.append(spec)
+        else:
+            name = getattr(item, "__name__", None)
+            shown = repr(name) if isinstance(name, str) else repr(item)
+            problems.append(f"{shown} is not a @step: decorate it with @bz.step")
     return specs, problems
 
 

@@ -180,21 +180,17 @@ def test_a_step_accepting_input_request_event() -> None:
     )
 
 
-def test_a_plain_async_function_is_read_as_a_step() -> None:
+def test_a_plain_async_function_is_not_a_step() -> None:
     async def plain(ev: bz.StartEvent) -> bz.StopEvent:
         return bz.StopEvent()
 
-    wf = bz.Workflow("plain", [plain])
-    (spec,) = wf.steps
-    assert (spec.name, spec.accepts, spec.emits) == ("plain", (bz.StartEvent,), (bz.StopEvent,))
+    (problem,) = problems_of("plain", [plain])
+    assert problem == "workflow 'plain': 'plain' is not a @step: decorate it with @bz.step"
 
 
-def test_a_bad_plain_function_is_reported() -> None:
-    def not_async(ev: bz.StartEvent) -> bz.StopEvent:
-        return bz.StopEvent()
-
-    (problem,) = problems_of("wf", [not_async])
-    assert problem == "workflow 'wf': step 'not_async': must be an `async def` function"
+def test_anything_else_passed_as_a_step_is_reported() -> None:
+    problems = problems_of("wf", [parse, finish, 42])
+    assert problems == ("workflow 'wf': 42 is not a @step: decorate it with @bz.step",)
 
 
 def test_every_graph_problem_is_listed_at_once() -> None:
@@ -222,16 +218,16 @@ def test_every_graph_problem_is_listed_at_once() -> None:
 
 
 def test_option_and_step_problems_are_listed_together() -> None:
-    def not_async(ev: bz.StartEvent) -> bz.StopEvent:
+    def not_a_step(ev: bz.StartEvent) -> bz.StopEvent:
         return bz.StopEvent()
 
-    problems = problems_of("", [not_async], timeout=0, retry="often")
+    problems = problems_of("", [not_a_step], timeout=0, retry="often")
     joined = "\n".join(problems)
     assert len(problems) == 4
     assert "workflow name must be a non-empty str" in joined
     assert "timeout must be a number > 0" in joined
     assert "retry must be a RetryPolicy" in joined
-    assert "must be an `async def` function" in joined
+    assert "'not_a_step' is not a @step" in joined
 
 
 def test_a_workflow_needs_a_step() -> None:
@@ -248,12 +244,12 @@ def test_validate_false_skips_the_graph_checks() -> None:
     assert [s.name for s in wf.steps] == ["stray"]
 
 
-def test_validate_false_still_checks_signatures() -> None:
-    def not_async(ev: Parsed) -> Orphan:
+def test_validate_false_still_refuses_what_is_not_a_step() -> None:
+    async def undecorated(ev: Parsed) -> Orphan:
         return Orphan()
 
-    (problem,) = problems_of("loose", [not_async], validate=False)
-    assert problem == "workflow 'loose': step 'not_async': must be an `async def` function"
+    (problem,) = problems_of("loose", [undecorated], validate=False)
+    assert problem == "workflow 'loose': 'undecorated' is not a @step: decorate it with @bz.step"
 
 
 # -- graph and Mermaid ---------------------------------------------------------------------
