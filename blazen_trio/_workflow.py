@@ -115,22 +115,90 @@ def _related(a: type[Event], b: type[Event]) -> bool:
     return issubclass(a, b) or issubclass(b, a)
 
 
-def _start_types(specs: list[StepSpec]) -> list[type[Event]]:
-    """StartEvent and its subclasses, and each routed type a step accepts that none emits.
+def _entries(specs: list[StepSpec]) -> list[int]:
+    """Indices of the steps that accept a start type.
 
-    Only declared emits count: a step of unknown emits does not make every type "emitted".
+    Start types: StartEvent and its subclasses, and each routed type a step accepts that no
+    step declares it emits. A step of unknown emits does not make every type "emitted";
     `InputResponseEvent` comes from the run (after a request), never at the start.
     """
     declared = [t for s in specs for t in s.emits]
     return [
-        t
-        for s in specs
-        for t in s.accepts
-        if issubclass(t, StartEvent)
-        or not (
-            issubclass(t, (StopEvent, InputResponseEvent)) or any(_related(e, t) for e in declared)
+        index
+        for index, s in enumerate(specs)
+        if any(
+            issubclass(t, StartEvent)
+            or not (
+                issubclass(t, (StopEvent, InputResponseEvent))
+                or any(_related(e, t) for e in declared)
+            )
+            for t in s.accepts
         )
     ]
+
+
+def _successors(specs: list[StepSpec]) -> list[list[int]]:
+    """For each step, the steps its declared events can reach (every step if unknown)."""
+    accepting = [(index, t) for index, s in enumerate(specs) for t in s.accepts]
+    found: list[list[int]] = []
+    for s in specs:
+        if not s.emits_known:
+            found.append(list(range(len(specs))))
+            continue
+        emitted = list(s.emits)
+        if any(issubclass(e, InputRequestEvent) for e in emitted):
+            emitted.append(InputResponseEvent)  # the answer comes back to the workflow
+        found.append(
+            sorted({index for index, t in accepting if any(_related(e, t) for e in emitted)})
+        )
+    return found
+
+
+def _reach(starts: Iterable[int], successors: list[list[int]]) -> set[int]:
+    """`starts` and every step reachable from them."""
+    seen = set(starts)
+    todo = list(seen)
+    while todo:
+        for following in successors[todo.pop()]:
+            if following not in seen:
+                seen.add(following)
+                todo.append(following)
+    return seen
+
+
+def _may_stop(spec: StepSpec) -> bool:
+    return not spec.emits_known or any(issubclass(t, StopEvent) for t in spec.emits)
+
+
+def _islands(specs: list[StepSpec], entries: list[int], successors: list[list[int]]) -> list[str]:
+    """Steps no start type reaches (a step accepting a never-routed type is reported as that)."""
+    never = tuple(t for t, _ in _NEVER_ROUTED)
+    return [
+        f"no start event can reach step {specs[index].name!r}"
+        for index in sorted(set(range(len(specs))) - _reach(entries, successors))
+        if not any(issubclass(t, never) for t in specs[index].accepts)
+    ]
+
+
+def _dead_cycles(specs: list[StepSpec], successors: list[list[int]]) -> list[str]:
+    """Cycles of steps from which no step that may emit StopEvent can be reached."""
+    predecessors: list[list[int]] = [[] for _ in specs]
+    for index, following in enumerate(successors):
+        for target in following:
+            predecessors[target].append(index)
+    stoppers = [index for index, spec in enumerate(specs) if _may_stop(spec)]
+    stuck = set(range(len(specs))) - _reach(stoppers, predecessors)
+    # What a stuck step reaches is stuck too; it is on a cycle if it reaches itself.
+    onward = {index: _reach(successors[index], successors) for index in stuck}
+    problems: list[str] = []
+    reported: set[int] = set()
+    for index in sorted(stuck):
+        if index in onward[index] and index not in reported:
+            cycle = sorted(other for other in onward[index] if index in onward[other])
+            reported.update(cycle)
+            names = ", ".join(repr(specs[member].name) for member in cycle)
+            problems.append(f"no StopEvent can be reached from the cycle of steps {names}")
+    return problems
 
 
 def _graph_problems(specs: list[StepSpec]) -> list[str]:
@@ -141,12 +209,14 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
         if count > 1
     ]
     accepted = [t for s in specs for t in s.accepts]
-    if not _start_types(specs):
+    entries = _entries(specs)
+    if not entries:
         problems.append(
             "no step accepts a start event (StartEvent, a subclass of it, or a type that no "
             "step emits)"
         )
-    if not any(not s.emits_known or any(issubclass(t, StopEvent) for t in s.emits) for s in specs):
+    may_stop = any(_may_stop(s) for s in specs)
+    if not may_stop:
         problems.append("no step can emit StopEvent, so no run can finish")
     if any(issubclass(t, InputRequestEvent) for s in specs for t in s.emits) and not any(
         issubclass(InputResponseEvent, t) for t in accepted
@@ -166,6 +236,12 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
                 problems.append(
                     f"step {s.name!r} emits {emitted.__qualname__}, which no step accepts"
                 )
+    # Where no start type or no StopEvent exists, these would only repeat it step by step.
+    successors = _successors(specs)
+    if entries:
+        problems.extend(_islands(specs, entries, successors))
+    if may_stop:
+        problems.extend(_dead_cycles(specs, successors))
     return problems
 
 

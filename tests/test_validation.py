@@ -144,6 +144,110 @@ def test_an_input_request_needs_a_step_accepting_the_response() -> None:
     )
 
 
+class Loop(bz.Event, type_id="val.Loop"):
+    pass
+
+
+class Ping(bz.Event, type_id="val.Ping"):
+    pass
+
+
+class Pong(bz.Event, type_id="val.Pong"):
+    pass
+
+
+@bz.step
+async def entry(ev: bz.StartEvent) -> Ping | bz.StopEvent:
+    return bz.StopEvent()
+
+
+def test_a_step_no_start_type_reaches_is_an_island() -> None:
+    @bz.step
+    async def island(ev: Loop) -> Loop | bz.StopEvent:
+        return bz.StopEvent()
+
+    @bz.step
+    async def ping(ev: Ping) -> None:
+        return None
+
+    (problem,) = problems_of("wf", [entry, ping, island])
+    assert problem == "workflow 'wf': no start event can reach step 'island'"
+
+
+def test_a_cycle_that_cannot_reach_stop_event() -> None:
+    @bz.step
+    async def ping(ev: Ping) -> Pong:
+        return Pong()
+
+    @bz.step
+    async def pong(ev: Pong) -> Ping:
+        return Ping()
+
+    (problem,) = problems_of("wf", [entry, ping, pong])
+    assert problem == (
+        "workflow 'wf': no StopEvent can be reached from the cycle of steps 'ping', 'pong'"
+    )
+
+
+def test_a_step_looping_on_itself_that_cannot_reach_stop_event() -> None:
+    @bz.step
+    async def spin(ev: Ping) -> Ping | Pong:
+        return Ping()
+
+    @bz.step
+    async def dead_end(ev: Pong) -> None:
+        return None
+
+    (problem,) = problems_of("wf", [entry, spin, dead_end])
+    assert problem == "workflow 'wf': no StopEvent can be reached from the cycle of steps 'spin'"
+
+
+@pytest.mark.parametrize("exit_returns", [bz.StopEvent, bz.Event])
+def test_a_cycle_with_a_way_out_is_fine(exit_returns: type[bz.Event]) -> None:
+    @bz.step
+    async def ping(ev: Ping) -> Pong:
+        return Pong()
+
+    @bz.step(emits=None if exit_returns is bz.Event else [Ping, bz.StopEvent])
+    async def pong(ev: Pong) -> bz.Event:  # unknown emits may reach StopEvent
+        return bz.StopEvent()
+
+    assert len(bz.Workflow("ok", [entry, ping, pong]).steps) == 3
+
+
+def test_a_cycle_through_an_input_request_can_reach_stop_event() -> None:
+    @bz.step
+    async def ask(ev: Ping) -> bz.InputRequestEvent:
+        return bz.InputRequestEvent(prompt="again?")
+
+    @bz.step
+    async def answer(ev: bz.InputResponseEvent) -> Ping | bz.StopEvent:
+        return bz.StopEvent()
+
+    assert len(bz.Workflow("hitl", [entry, ask, answer]).steps) == 3
+
+
+def test_islands_and_cycles_are_listed_with_the_other_problems() -> None:
+    @bz.step
+    async def island(ev: Loop) -> Loop | Orphan:
+        return Loop()
+
+    @bz.step
+    async def ping(ev: Ping) -> Pong:
+        return Pong()
+
+    @bz.step
+    async def pong(ev: Pong) -> Ping:
+        return Ping()
+
+    assert problems_of("wf", [entry, island, ping, pong]) == (
+        "workflow 'wf': step 'island' emits Orphan, which no step accepts",
+        "workflow 'wf': no start event can reach step 'island'",
+        "workflow 'wf': no StopEvent can be reached from the cycle of steps 'island'",
+        "workflow 'wf': no StopEvent can be reached from the cycle of steps 'ping', 'pong'",
+    )
+
+
 def test_duplicate_step_names() -> None:
     @bz.step(name="parse")
     async def other(ev: Parsed) -> bz.StopEvent:
