@@ -145,10 +145,20 @@ class Invocation:
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
     scope: trio.CancelScope | None = None
+    # An undeclared send: it fails the step even if the step caught it, and is not retried.
+    refused: StepFailed | None = None
 
     @property
     def step_name(self) -> str:
         return self.slot.spec.name
+
+    def send(self, event: Event) -> None:
+        """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
+        spec = self.slot.spec
+        if not spec.may_emit(type(event)):
+            self.refused = _undeclared(spec, event, "sent")
+            raise self.refused
+        self.sent.append(event)
 
     def check_open(self, what: str) -> None:
         if self.closed:
@@ -174,6 +184,14 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
         spec.name,
         f"step {spec.name!r} returned {type(output).__qualname__}; a step returns an Event, "
         "a list of Events, or None",
+    )
+
+
+def _undeclared(spec: StepSpec, event: Event, how: str) -> StepFailed:
+    return StepFailed(
+        spec.name,
+        f"step {spec.name!r} {how} {type(event).__qualname__} ({event_type_id(event)}), which "
+        "it does not declare; declare what a step emits in its return annotation or with emits=",
     )
 
 
@@ -484,6 +502,9 @@ class Run:
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
             error, output = await self._attempt(invocation)
+            if invocation.refused is not None:  # a programming error: never retried
+                self.fail(invocation.refused)
+                return None
             if error is None:
                 events = self._outputs(invocation, output)
                 if events is None:
@@ -561,15 +582,22 @@ class Run:
         return ready[0]
 
     def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
-        sent = invocation.sent
+        """Sent events, then the returned ones; None (the run failed) for a wrong return."""
+        spec = invocation.slot.spec
         if isinstance(output, Event):
-            return [*sent, output] if sent else [output]
-        if output is None:
-            return sent
-        if isinstance(output, list) and all(isinstance(item, Event) for item in output):
-            return [*sent, *output]
-        self.fail(_bad_return(invocation.slot.spec, output))
-        return None
+            returned = [output]
+        elif output is None:
+            return invocation.sent
+        elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
+            returned = output
+        else:
+            self.fail(_bad_return(spec, output))
+            return None
+        for event in returned:
+            if not spec.may_emit(type(event)):
+                self.fail(_undeclared(spec, event, "returned"))
+                return None
+        return [*invocation.sent, *returned]
 
     # -- routing -------------------------------------------------------------------------
 
@@ -675,6 +703,7 @@ class Run:
         """
         self.state.rollback(invocation.undo)
         invocation.sent.clear()
+        invocation.refused = None
         invocation.closed = False
         invocation.scope = None
         self.in_flight.discard(invocation)

@@ -371,6 +371,33 @@ def test_graph_lists_steps_events_and_edges() -> None:
     )
 
 
+def test_graph_shows_every_declared_emit() -> None:
+    @bz.step
+    async def split(ev: bz.StartEvent) -> list[Parsed | Loop] | None:
+        return None
+
+    @bz.step(emits=[Ping, bz.StopEvent])
+    async def sender(ctx: bz.Context, ev: Parsed) -> None:
+        ctx.send_event(Ping())
+
+    @bz.step
+    async def either(ev: Loop | Ping) -> bz.StopEvent | None:
+        return None
+
+    emits = {
+        (edge.source, edge.target)
+        for edge in bz.Workflow("g", [split, sender, either]).graph().edges
+        if edge.kind == "emits"
+    }
+    assert emits == {
+        ("split", "val.Parsed"),
+        ("split", "val.Loop"),
+        ("sender", "val.Ping"),
+        ("sender", "blazen.StopEvent"),
+        ("either", "blazen.StopEvent"),
+    }
+
+
 def test_mermaid_renders_the_graph() -> None:
     text = bz.Workflow("g", [parse, finish]).to_mermaid()
     assert text == (
