@@ -29,6 +29,7 @@ from ._codec import WorkflowSnapshot
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._errors import (
+    InputUnanswerable,
     NoHandler,
     RunCrashed,
     RunFinished,
@@ -276,8 +277,11 @@ class Run:
         *,
         restored: RestoredRun | None = None,
         on_commit: CommitObserver | None = None,
+        held: bool,
     ) -> None:
         self.workflow = workflow
+        # False for `Workflow.run`: no one holds a handler, so only input_handler can answer.
+        self._held = held
         self.run_id = restored.run_id if restored is not None else _new_run_id()
         self.restored = restored is not None
         self.state = RunState()
@@ -391,6 +395,8 @@ class Run:
     def begin_restored(self) -> None:
         """Start the work of a run built from a snapshot."""
         self._record(HistoryKind.RUN_RESUMED)
+        for request_id in self.input_requests:
+            self._check_answerable(request_id)
         self.restart()
 
     def _settle(self) -> None:
@@ -829,8 +835,14 @@ class Run:
         self.input_requests[request.request_id] = envelope
         self._record(HistoryKind.INPUT_REQUESTED, step=envelope.source, detail=request.request_id)
         self.publish(request)
+        self._check_answerable(request.request_id)
         if self.workflow.input_handler is not None and not self._paused:
             self._answer_inline(envelope)
+
+    def _check_answerable(self, request_id: str) -> None:
+        """Fail at once rather than wait for an answer that no one can give."""
+        if not self._held and self.workflow.input_handler is None:
+            self.fail(InputUnanswerable(request_id))
 
     def _answer_inline(self, envelope: Envelope) -> None:
         assert self._nursery is not None

@@ -331,7 +331,7 @@ class Workflow:
         the step's commit and before its outputs are routed; if it raises, the run fails with
         `RunCrashed`.
         """
-        run = self._new_run(input, resume, on_commit)
+        run = self._new_run(input, resume, on_commit, held=False)
         await run.drive(lambda: self._first_work(run, input))
         return run.unwrap()
 
@@ -347,7 +347,7 @@ class Workflow:
 
         Leaving the block while the run is still going aborts it; nothing outlives the block.
         """
-        run = self._new_run(input, resume, on_commit)
+        run = self._new_run(input, resume, on_commit, held=True)
         escaping: BaseException | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(run.main)
@@ -361,19 +361,25 @@ class Workflow:
             raise escaping
 
     def _new_run(
-        self, input: Any, resume: WorkflowSnapshot | None, on_commit: CommitObserver | None
+        self,
+        input: Any,
+        resume: WorkflowSnapshot | None,
+        on_commit: CommitObserver | None,
+        *,
+        held: bool,
     ) -> Run:
+        """`held`: a handler is handed out (`start`), so a human can answer input requests."""
         if on_commit is not None and not callable(on_commit):
             raise TypeError(f"on_commit must be callable, got {on_commit!r}")
         if resume is None:
-            return Run(self, on_commit=on_commit)
+            return Run(self, on_commit=on_commit, held=held)
         if input is not None:
             raise TypeError("pass either input or resume=, not both")
         if not isinstance(resume, WorkflowSnapshot):
             raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
         check_workflow_name(resume, self.name)
         restored = read_snapshot(resume, {spec.name for spec in self.steps}, self._event_types)
-        return Run(self, restored=restored, on_commit=on_commit)
+        return Run(self, restored=restored, on_commit=on_commit, held=held)
 
     @staticmethod
     def _first_work(run: Run, input: Any) -> None:
