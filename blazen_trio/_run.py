@@ -100,6 +100,7 @@ class RunDefinition(Protocol):
     @property
     def stream_replay(self) -> int: ...
     def targets(self, event_type: type[Event]) -> tuple[int, ...]: ...
+    def check_portable(self, snapshot: WorkflowSnapshot) -> None: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -824,6 +825,7 @@ class Run:
             refs=refs,
             active_time=self.clock.used,
         )
+        self.workflow.check_portable(snapshot)
         self.refs.release(RefLifetime.UNTIL_SNAPSHOT)
         return snapshot
 

@@ -15,7 +15,12 @@ import trio
 from ._broadcast import DEFAULT_REPLAY
 from ._capture import read_snapshot
 from ._checks import is_count, is_optional_duration
-from ._codec import WorkflowSnapshot, check_workflow_name, known_event_types
+from ._codec import (
+    WorkflowSnapshot,
+    check_workflow_name,
+    known_event_types,
+    unportable_event_ids,
+)
 from ._errors import SnapshotError, ValidationError
 from ._events import (
     STREAM_ONLY_EVENTS,
@@ -295,9 +300,9 @@ class Workflow:
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
         self._targets: dict[type[Event], tuple[int, ...]] = {}
-        self._event_types = known_event_types(
-            t for spec in self.steps for t in (*spec.accepts, *spec.emits)
-        )
+        types = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
+        self._event_types = known_event_types(types)
+        self._unportable = unportable_event_ids(types)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
@@ -313,6 +318,24 @@ class Workflow:
             )
             self._targets[event_type] = found
         return found
+
+    def check_portable(self, snapshot: WorkflowSnapshot) -> None:
+        """Refuse a snapshot with a script's event that another process could not re-type."""
+        if not self._unportable:
+            return
+        buffered = [event for buffer in snapshot.collect_buffers.values() for event in buffer]
+        pending = [item.event for item in snapshot.pending_events]
+        for encoded in (*pending, *buffered, *snapshot.input_requests):
+            others = self._unportable.get(encoded.type_id)
+            if others is not None:
+                raise SnapshotError(
+                    f"cannot snapshot event type {encoded.type_id!r}: it is defined in "
+                    "__main__ (the script being run) and shares its name with "
+                    f"{', '.join(others)}, so a process that imports the script as a module "
+                    "could not tell them apart; give the class a stable id "
+                    '(`type_id="..."` in its class statement) or define it in an importable '
+                    "module"
+                )
 
     # -- running -------------------------------------------------------------------------
 
