@@ -8,6 +8,7 @@ from ._broadcast import (
 from ._codec import WorkflowSnapshot as WorkflowSnapshot
 from ._context import Context as Context
 from ._errors import (
+    InputUnanswerable as InputUnanswerable,
     NoHandler as NoHandler,
     RunCrashed as RunCrashed,
     RunFinished as RunFinished,

@@ -399,6 +399,12 @@ def _encode_object(value: Any, depth: int) -> Any:
     cls = type(value)
     if cls is SessionRef:
         return {SESSION_REF_KEY: value.key}
+    if cls.__module__ == "__main__":  # it would resume only in this very process
+        raise _Unencodable(
+            value,
+            "its class is defined in __main__ (the script being run), which a process "
+            "resuming the snapshot cannot import; define the class in an importable module",
+        )
     type_path = _type_path(cls)
     if type_path is not None:
         if isinstance(value, msgspec.Struct):
@@ -652,13 +658,46 @@ def _check_wire(value: Any, depth: int = 0) -> None:
 # Events
 
 
+_MAIN_ID: Final = "__main__."
+
+
+def _by_name(types: Iterable[type[Event]]) -> dict[str, set[type[Event]]]:
+    named: dict[str, set[type[Event]]] = {}
+    for cls in types:
+        named.setdefault(cls.__qualname__, set()).add(cls)
+    return named
+
+
+def unportable_event_ids(types: Iterable[type[Event]]) -> dict[str, list[str]]:
+    """`__main__` ids of `types` that `known_event_types` cannot alias -> the ids sharing it.
+
+    A process that imports the script as a module could not tell which class is meant.
+    """
+    return {
+        event_type_id(cls): sorted(event_type_id(other) for other in found if other is not cls)
+        for found in _by_name(types).values()
+        if len(found) > 1
+        for cls in found
+        if event_type_id(cls).startswith(_MAIN_ID)
+    }
+
+
 def known_event_types(types: Iterable[type[Event]]) -> dict[str, type[Event]]:
     """Type id -> class for `types` and the built-in events, for `decode_event`.
 
-    `DynamicEvent` is not among them: it never travels under its own type id.
+    A script's events have ids `__main__.Name`, which the classes lose where the script is
+    imported as a module; so `__main__.Name` also stands for the one class of `types` named
+    `Name` (for none if several are). `DynamicEvent` is not among them: it never travels
+    under its own type id.
     """
-    known = {event_type_id(cls): cls for cls in BUILTIN_EVENTS}
-    known.update((event_type_id(cls), cls) for cls in types)
+    classes = set(types)
+    known = {
+        _MAIN_ID + name: next(iter(found))
+        for name, found in _by_name(classes).items()
+        if len(found) == 1
+    }
+    known.update((event_type_id(cls), cls) for cls in BUILTIN_EVENTS)
+    known.update((event_type_id(cls), cls) for cls in classes)
     return known
 
 

@@ -37,8 +37,7 @@ class StepAttempt(Protocol):
     def attempt(self) -> int: ...
     @property
     def undo(self) -> UndoLog: ...
-    @property
-    def sent(self) -> list[Event]: ...
+    def send(self, event: Event) -> None: ...
     def check_open(self, what: str) -> None: ...
 
 
@@ -113,11 +112,14 @@ class Context(metaclass=NoPublicConstructor):
     # -- events --------------------------------------------------------------------------
 
     def send_event(self, event: Event) -> None:
-        """Emit an event besides the return value; routed when this step completes."""
+        """Emit an event besides the return value; routed when this step completes.
+
+        Its type must be one the step declares (or a subclass), else `StepFailed`.
+        """
         if not isinstance(event, Event):
             raise TypeError(f"send_event takes an Event, got {type(event).__name__}")
         self._invocation.check_open("send_event")
-        self._invocation.sent.append(event)
+        self._invocation.send(event)
 
     def write_event_to_stream(self, event: Event) -> None:
         """Publish an event to the run's stream subscribers; never blocks, never routed."""

@@ -102,6 +102,24 @@ class UnknownInputRequest(WorkflowError):
         super().__init__(f"no outstanding input request with id {request_id!r}")
 
 
+class InputUnanswerable(WorkflowError):
+    """A run started by `Workflow.run()` asked for input that no one can give.
+
+    Without an `input_handler` only a `WorkflowHandler` can answer, and `run()` hands none
+    out, so the run fails when the request is made instead of waiting forever.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"input request {request_id!r} cannot be answered: the run was started with "
+            "wf.run() and the workflow has no input_handler. Start it with "
+            "`async with wf.start(...) as handler` and answer with "
+            "`await handler.respond_to_input(request_id, response)`, or pass "
+            "Workflow(input_handler=...) to answer inline"
+        )
+
+
 class RunFinished(WorkflowError):
     """A control call reached a run that has already finished."""
 

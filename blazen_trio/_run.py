@@ -29,6 +29,7 @@ from ._codec import WorkflowSnapshot, builtin_event_problem
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._errors import (
+    InputUnanswerable,
     NoHandler,
     RunCrashed,
     RunFinished,
@@ -100,6 +101,7 @@ class RunDefinition(Protocol):
     @property
     def stream_replay(self) -> int: ...
     def targets(self, event_type: type[Event]) -> tuple[int, ...]: ...
+    def check_portable(self, snapshot: WorkflowSnapshot) -> None: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -146,10 +148,20 @@ class Invocation:
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
     scope: trio.CancelScope | None = None
+    # An undeclared send: it fails the step even if the step caught it, and is not retried.
+    refused: StepFailed | None = None
 
     @property
     def step_name(self) -> str:
         return self.slot.spec.name
+
+    def send(self, event: Event) -> None:
+        """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
+        spec = self.slot.spec
+        if not spec.may_emit(type(event)):
+            self.refused = _undeclared(spec, event, "sent")
+            raise self.refused
+        self.sent.append(event)
 
     def check_open(self, what: str) -> None:
         if self.closed:
@@ -175,6 +187,14 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
         spec.name,
         f"step {spec.name!r} returned {type(output).__qualname__}; a step returns an Event, "
         "a list of Events, or None",
+    )
+
+
+def _undeclared(spec: StepSpec, event: Event, how: str) -> StepFailed:
+    return StepFailed(
+        spec.name,
+        f"step {spec.name!r} {how} {type(event).__qualname__} ({event_type_id(event)}), which "
+        "it does not declare; declare what a step emits in its return annotation or with emits=",
     )
 
 
@@ -259,8 +279,11 @@ class Run:
         *,
         restored: RestoredRun | None = None,
         on_commit: CommitObserver | None = None,
+        held: bool,
     ) -> None:
         self.workflow = workflow
+        # False for `Workflow.run`: no one holds a handler, so only input_handler can answer.
+        self._held = held
         self.run_id = restored.run_id if restored is not None else _new_run_id()
         self.restored = restored is not None
         self.state = RunState()
@@ -374,6 +397,8 @@ class Run:
     def begin_restored(self) -> None:
         """Start the work of a run built from a snapshot."""
         self._record(HistoryKind.RUN_RESUMED)
+        for request_id in self.input_requests:
+            self._check_answerable(request_id)
         self.restart()
 
     def _settle(self) -> None:
@@ -485,6 +510,9 @@ class Run:
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
             error, output = await self._attempt(invocation)
+            if invocation.refused is not None:  # a programming error: never retried
+                self.fail(invocation.refused)
+                return None
             if error is None:
                 events = self._outputs(invocation, output)
                 if events is None:
@@ -562,15 +590,22 @@ class Run:
         return ready[0]
 
     def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
-        sent = invocation.sent
+        """Sent events, then the returned ones; None (the run failed) for a wrong return."""
+        spec = invocation.slot.spec
         if isinstance(output, Event):
-            return [*sent, output] if sent else [output]
-        if output is None:
-            return sent
-        if isinstance(output, list) and all(isinstance(item, Event) for item in output):
-            return [*sent, *output]
-        self.fail(_bad_return(invocation.slot.spec, output))
-        return None
+            returned = [output]
+        elif output is None:
+            return invocation.sent
+        elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
+            returned = output
+        else:
+            self.fail(_bad_return(spec, output))
+            return None
+        for event in returned:
+            if not spec.may_emit(type(event)):
+                self.fail(_undeclared(spec, event, "returned"))
+                return None
+        return [*invocation.sent, *returned]
 
     # -- routing -------------------------------------------------------------------------
 
@@ -680,6 +715,7 @@ class Run:
         """
         self.state.rollback(invocation.undo)
         invocation.sent.clear()
+        invocation.refused = None
         invocation.closed = False
         invocation.scope = None
         self.in_flight.discard(invocation)
@@ -794,6 +830,7 @@ class Run:
             refs=refs,
             active_time=self.clock.used,
         )
+        self.workflow.check_portable(snapshot)
         self.refs.release(RefLifetime.UNTIL_SNAPSHOT)
         return snapshot
 
@@ -805,8 +842,14 @@ class Run:
         self.input_requests[request.request_id] = envelope
         self._record(HistoryKind.INPUT_REQUESTED, step=envelope.source, detail=request.request_id)
         self.publish(request)
+        self._check_answerable(request.request_id)
         if self.workflow.input_handler is not None and not self._paused:
             self._answer_inline(envelope)
+
+    def _check_answerable(self, request_id: str) -> None:
+        """Fail at once rather than wait for an answer that no one can give."""
+        if not self._held and self.workflow.input_handler is None:
+            self.fail(InputUnanswerable(request_id))
 
     def _answer_inline(self, envelope: Envelope) -> None:
         assert self._nursery is not None

@@ -39,9 +39,19 @@ class StepSpec:
     retry: RetryPolicy | None
     # Where the context goes in the call: 0 = fn(ctx, ev), 1 = fn(ev, ctx), None = fn(ev).
     context_position: int | None
+    # may_emit's answers per event class: one dict lookup per emitted event, not a scan.
+    _may_emit: dict[type[Event], bool] = attrs.field(factory=dict, init=False, repr=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.fn(*args, **kwargs)
+
+    def may_emit(self, event_type: type[Event]) -> bool:
+        """Whether the step declares `event_type` or a base of it (anything, if unknown)."""
+        allowed = self._may_emit.get(event_type)
+        if allowed is None:
+            allowed = not self.emits_known or issubclass(event_type, self.emits)
+            self._may_emit[event_type] = allowed
+        return allowed
 
 
 @attrs.frozen

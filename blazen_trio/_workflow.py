@@ -15,7 +15,12 @@ import trio
 from ._broadcast import DEFAULT_REPLAY
 from ._capture import read_snapshot
 from ._checks import is_count, is_optional_duration
-from ._codec import WorkflowSnapshot, check_workflow_name, known_event_types
+from ._codec import (
+    WorkflowSnapshot,
+    check_workflow_name,
+    known_event_types,
+    unportable_event_ids,
+)
 from ._errors import SnapshotError, ValidationError
 from ._events import (
     STREAM_ONLY_EVENTS,
@@ -31,10 +36,19 @@ from ._history import DEFAULT_HISTORY_LIMIT
 from ._records import SessionPausePolicy, WorkflowResult
 from ._retry import RetryPolicy
 from ._run import CommitObserver, InputHandler, Run
-from ._steps import StepSpec, _Options, read_step
+from ._steps import StepSpec
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
 _NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
+
+# Accepting these is a definition error: the run handles them itself and never routes them.
+_NEVER_ROUTED: tuple[tuple[type[Event], str], ...] = (
+    (StopEvent, "ends the run and is never routed"),
+    (
+        InputRequestEvent,
+        "goes to the caller or the input_handler and is never routed to a step",
+    ),
+)
 
 
 @final
@@ -58,16 +72,20 @@ class WorkflowGraph:
 
 
 def _read_steps(steps: Iterable[object]) -> tuple[list[StepSpec], list[str]]:
+    """The steps, and a problem for each item that is not one.
+
+    A plain function is refused rather than read: `@step` is where its options go, and a
+    function that is not decorated is more often a mistake than a shorthand.
+    """
     specs: list[StepSpec] = []
     problems: list[str] = []
     for item in steps:
         if isinstance(item, StepSpec):
             specs.append(item)
-            continue
-        spec, found = read_step(item, _Options(), {})
-        problems.extend(found)
-        if spec is not None:
-            specs.append(spec)
+        else:
+            name = getattr(item, "__name__", None)
+            shown = repr(name) if isinstance(name, str) else repr(item)
+            problems.append(f"{shown} is not a @step: decorate it with @bz.step")
     return specs, problems
 
 
@@ -97,6 +115,97 @@ def _check_handlers(input_handler: object, policy: object) -> list[str]:
     return problems
 
 
+def _related(a: type[Event], b: type[Event]) -> bool:
+    """An event declared as one type may be routed as the other (subclasses go to bases)."""
+    return issubclass(a, b) or issubclass(b, a)
+
+
+def _entries(specs: list[StepSpec]) -> list[int]:
+    """Indices of the steps that accept a start type.
+
+    Start types: StartEvent and its subclasses, and each routed type a step accepts that no
+    step declares it emits. A step of unknown emits does not make every type "emitted";
+    `InputResponseEvent` comes from the run (after a request), never at the start.
+    """
+    declared = [t for s in specs for t in s.emits]
+    return [
+        index
+        for index, s in enumerate(specs)
+        if any(
+            issubclass(t, StartEvent)
+            or not (
+                issubclass(t, (StopEvent, InputResponseEvent))
+                or any(_related(e, t) for e in declared)
+            )
+            for t in s.accepts
+        )
+    ]
+
+
+def _successors(specs: list[StepSpec]) -> list[list[int]]:
+    """For each step, the steps its declared events can reach (every step if unknown)."""
+    accepting = [(index, t) for index, s in enumerate(specs) for t in s.accepts]
+    found: list[list[int]] = []
+    for s in specs:
+        if not s.emits_known:
+            found.append(list(range(len(specs))))
+            continue
+        emitted = list(s.emits)
+        if any(issubclass(e, InputRequestEvent) for e in emitted):
+            emitted.append(InputResponseEvent)  # the answer comes back to the workflow
+        found.append(
+            sorted({index for index, t in accepting if any(_related(e, t) for e in emitted)})
+        )
+    return found
+
+
+def _reach(starts: Iterable[int], successors: list[list[int]]) -> set[int]:
+    """`starts` and every step reachable from them."""
+    seen = set(starts)
+    todo = list(seen)
+    while todo:
+        for following in successors[todo.pop()]:
+            if following not in seen:
+                seen.add(following)
+                todo.append(following)
+    return seen
+
+
+def _may_stop(spec: StepSpec) -> bool:
+    return not spec.emits_known or any(issubclass(t, StopEvent) for t in spec.emits)
+
+
+def _islands(specs: list[StepSpec], entries: list[int], successors: list[list[int]]) -> list[str]:
+    """Steps no start type reaches (a step accepting a never-routed type is reported as that)."""
+    never = tuple(t for t, _ in _NEVER_ROUTED)
+    return [
+        f"no start event can reach step {specs[index].name!r}"
+        for index in sorted(set(range(len(specs))) - _reach(entries, successors))
+        if not any(issubclass(t, never) for t in specs[index].accepts)
+    ]
+
+
+def _dead_cycles(specs: list[StepSpec], successors: list[list[int]]) -> list[str]:
+    """Cycles of steps from which no step that may emit StopEvent can be reached."""
+    predecessors: list[list[int]] = [[] for _ in specs]
+    for index, following in enumerate(successors):
+        for target in following:
+            predecessors[target].append(index)
+    stoppers = [index for index, spec in enumerate(specs) if _may_stop(spec)]
+    stuck = set(range(len(specs))) - _reach(stoppers, predecessors)
+    # What a stuck step reaches is stuck too; it is on a cycle if it reaches itself.
+    onward = {index: _reach(successors[index], successors) for index in stuck}
+    problems: list[str] = []
+    reported: set[int] = set()
+    for index in sorted(stuck):
+        if index in onward[index] and index not in reported:
+            cycle = sorted(other for other in onward[index] if index in onward[other])
+            reported.update(cycle)
+            names = ", ".join(repr(specs[member].name) for member in cycle)
+            problems.append(f"no StopEvent can be reached from the cycle of steps {names}")
+    return problems
+
+
 def _graph_problems(specs: list[StepSpec]) -> list[str]:
     """Every structural problem of a set of valid steps."""
     problems = [
@@ -105,18 +214,24 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
         if count > 1
     ]
     accepted = [t for s in specs for t in s.accepts]
-    if not any(issubclass(t, StartEvent) for t in accepted):
-        problems.append("no step accepts the start event (StartEvent or a subclass)")
-    if not any(not s.emits_known or any(issubclass(t, StopEvent) for t in s.emits) for s in specs):
+    entries = _entries(specs)
+    if not entries:
+        problems.append(
+            "no step accepts a start event (StartEvent, a subclass of it, or a type that no "
+            "step emits)"
+        )
+    may_stop = any(_may_stop(s) for s in specs)
+    if not may_stop:
         problems.append("no step can emit StopEvent, so no run can finish")
     if any(issubclass(t, InputRequestEvent) for s in specs for t in s.emits) and not any(
         issubclass(InputResponseEvent, t) for t in accepted
     ):
         problems.append("a step emits InputRequestEvent but no step accepts InputResponseEvent")
     problems.extend(
-        f"step {s.name!r} accepts StopEvent, which ends the run and is never routed"
+        f"step {s.name!r} accepts {never.__qualname__}, which {why}"
         for s in specs
-        if any(issubclass(t, StopEvent) for t in s.accepts)
+        for never, why in _NEVER_ROUTED
+        if any(issubclass(t, never) for t in s.accepts)
     )
     for s in specs:
         for emitted in s.emits:
@@ -126,6 +241,12 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
                 problems.append(
                     f"step {s.name!r} emits {emitted.__qualname__}, which no step accepts"
                 )
+    # Where no start type or no StopEvent exists, these would only repeat it step by step.
+    successors = _successors(specs)
+    if entries:
+        problems.extend(_islands(specs, entries, successors))
+    if may_stop:
+        problems.extend(_dead_cycles(specs, successors))
     return problems
 
 
@@ -179,9 +300,9 @@ class Workflow:
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
         self._targets: dict[type[Event], tuple[int, ...]] = {}
-        self._event_types = known_event_types(
-            t for spec in self.steps for t in (*spec.accepts, *spec.emits)
-        )
+        types = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
+        self._event_types = known_event_types(types)
+        self._unportable = unportable_event_ids(types)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
@@ -197,6 +318,24 @@ class Workflow:
             )
             self._targets[event_type] = found
         return found
+
+    def check_portable(self, snapshot: WorkflowSnapshot) -> None:
+        """Refuse a snapshot with a script's event that another process could not re-type."""
+        if not self._unportable:
+            return
+        buffered = [event for buffer in snapshot.collect_buffers.values() for event in buffer]
+        pending = [item.event for item in snapshot.pending_events]
+        for encoded in (*pending, *buffered, *snapshot.input_requests):
+            others = self._unportable.get(encoded.type_id)
+            if others is not None:
+                raise SnapshotError(
+                    f"cannot snapshot event type {encoded.type_id!r}: it is defined in "
+                    "__main__ (the script being run) and shares its name with "
+                    f"{', '.join(others)}, so a process that imports the script as a module "
+                    "could not tell them apart; give the class a stable id "
+                    '(`type_id="..."` in its class statement) or define it in an importable '
+                    "module"
+                )
 
     # -- running -------------------------------------------------------------------------
 
@@ -215,7 +354,7 @@ class Workflow:
         the step's commit and before its outputs are routed; if it raises, the run fails with
         `RunCrashed`.
         """
-        run = self._new_run(input, resume, on_commit)
+        run = self._new_run(input, resume, on_commit, held=False)
         await run.drive(lambda: self._first_work(run, input))
         return run.unwrap()
 
@@ -231,7 +370,7 @@ class Workflow:
 
         Leaving the block while the run is still going aborts it; nothing outlives the block.
         """
-        run = self._new_run(input, resume, on_commit)
+        run = self._new_run(input, resume, on_commit, held=True)
         escaping: BaseException | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(run.main)
@@ -245,12 +384,18 @@ class Workflow:
             raise escaping
 
     def _new_run(
-        self, input: Any, resume: WorkflowSnapshot | None, on_commit: CommitObserver | None
+        self,
+        input: Any,
+        resume: WorkflowSnapshot | None,
+        on_commit: CommitObserver | None,
+        *,
+        held: bool,
     ) -> Run:
+        """`held`: a handler is handed out (`start`), so a human can answer input requests."""
         if on_commit is not None and not callable(on_commit):
             raise TypeError(f"on_commit must be callable, got {on_commit!r}")
         if resume is None:
-            return Run(self, on_commit=on_commit)
+            return Run(self, on_commit=on_commit, held=held)
         if input is not None:
             raise TypeError("pass either input or resume=, not both")
         if not isinstance(resume, WorkflowSnapshot):
@@ -258,7 +403,7 @@ class Workflow:
         check_workflow_name(resume, self.name)
         accepts = {spec.name: spec.accepts for spec in self.steps}
         restored = read_snapshot(resume, accepts, self._event_types)
-        return Run(self, restored=restored, on_commit=on_commit)
+        return Run(self, restored=restored, on_commit=on_commit, held=held)
 
     @staticmethod
     def _first_work(run: Run, input: Any) -> None:

@@ -266,6 +266,32 @@ async def test_stream_and_usage_refuse_the_wrong_type(method: str) -> None:
     assert isinstance(caught.value.__cause__, TypeError)
 
 
+# -- collect_events ------------------------------------------------------------------------
+
+
+async def test_collect_events_with_nothing_expected_returns_an_empty_list() -> None:
+    @bz.step
+    async def gather(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        return bz.StopEvent(result=(ctx.collect_events(ev, []), ctx.collect_events(ev, ())))
+
+    result = await bz.Workflow("none", [gather]).run()
+    assert result.result == ([], [])
+
+
+async def test_collecting_an_unexpected_type_fails_the_step_naming_it() -> None:
+    @bz.step(retry=bz.RetryPolicy(max_attempts=1))
+    async def gather(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent | None:
+        return None if ctx.collect_events(ev, [Next, Other]) is None else bz.StopEvent()
+
+    with pytest.raises(bz.StepFailed) as caught:
+        await bz.Workflow("unexpected", [gather]).run()
+    assert caught.value.step_name == "gather"
+    assert str(caught.value) == (
+        "step 'gather' failed: ValueError: collect_events: StartEvent is not among the "
+        "expected types ['Next', 'Other']"
+    )
+
+
 # -- usage ---------------------------------------------------------------------------------
 
 

@@ -294,6 +294,78 @@ async def test_a_pause_cancels_the_input_handler_and_resume_asks_again(
     assert resumed.result == "Hello, call 1!"
 
 
+# -- nobody to answer --------------------------------------------------------------------------
+
+
+async def test_run_without_an_input_handler_fails_at_the_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(GUARD), pytest.raises(bz.InputUnanswerable) as caught:
+        await ask_workflow(timeout=1.0).run(7)
+    assert isinstance(caught.value, bz.WorkflowError)
+    assert caught.value.request_id == "name"
+    assert trio.current_time() == 0  # at once, not at the timeout
+    message = str(caught.value)
+    assert "'name'" in message
+    assert "wf.start(" in message
+    assert "handler.respond_to_input" in message
+    assert "Workflow(input_handler=...)" in message
+
+
+async def test_run_without_an_input_handler_stops_the_other_branches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled: list[str] = []
+
+    @bz.step
+    async def start(ev: bz.StartEvent) -> list[Note | Work]:
+        return [Work(), Note(text="ask")]
+
+    @bz.step
+    async def ask(ev: Note) -> bz.InputRequestEvent:
+        await trio.sleep(1)
+        return bz.InputRequestEvent(prompt="go?", request_id="go")
+
+    @bz.step
+    async def work(ev: Work) -> bz.StopEvent:
+        try:
+            await trio.sleep(5)
+        finally:
+            cancelled.append("work")
+        return bz.StopEvent()
+
+    @bz.step
+    async def answered(ev: bz.InputResponseEvent) -> bz.StopEvent:
+        return bz.StopEvent()
+
+    with trio.fail_after(GUARD), pytest.raises(bz.InputUnanswerable):
+        await bz.Workflow("branches", [start, ask, work, answered]).run()
+    assert cancelled == ["work"]
+    assert trio.current_time() == 1
+
+
+async def test_resuming_outstanding_requests_with_run_and_no_input_handler_fails_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    workflow = ask_workflow()
+    async with workflow.start(3) as handler:
+        await first_request(handler.stream_events())
+        snapshot = await handler.snapshot()
+        await handler.abort()
+    with trio.fail_after(GUARD), pytest.raises(bz.InputUnanswerable, match="'name'"):
+        await workflow.run(resume=snapshot)
+
+
+async def test_start_without_an_input_handler_still_waits_for_an_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with ask_workflow().start(1) as handler:
+        await trio.sleep(100)
+        assert handler.status == "waiting_for_input"
+        await handler.respond_to_input("name", "Bo")
+        assert (await handler.result()).result == "Hello, Bo!"
+
+
 # -- snapshots while waiting -------------------------------------------------------------------
 
 

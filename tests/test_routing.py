@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import pytest
@@ -123,6 +124,21 @@ async def test_a_custom_start_event_reaches_its_step_and_start_event_steps() -> 
     ]
 
 
+async def test_a_custom_start_event_of_its_own_starts_a_run() -> None:
+    class Begin(bz.Event):
+        x: int
+
+    @bz.step
+    async def entry(ev: Begin) -> Number:
+        return Number(value=ev.x)
+
+    @bz.step
+    async def double(ev: Number) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.value * 2)
+
+    assert (await bz.Workflow("begin", [entry, double]).run(Begin(x=21))).result == 42
+
+
 @pytest.mark.parametrize(("value", "path"), [(3, "odd"), (4, "even")])
 async def test_a_union_return_branches(value: int, path: str) -> None:
     @bz.step
@@ -163,7 +179,7 @@ async def test_a_returned_list_fans_out_and_collect_fans_in() -> None:
 
 
 async def test_send_event_fans_out() -> None:
-    @bz.step
+    @bz.step(emits=[Item])  # what a step sends is declared like what it returns
     async def fan_out(ctx: bz.Context, ev: bz.StartEvent) -> None:
         for i in range(3):
             ctx.send_event(Item(index=i))
@@ -475,6 +491,99 @@ async def test_a_garbage_return_is_step_failed_naming_step_and_type(
     assert type(caught.value) is bz.StepFailed
     assert caught.value.step_name == "sloppy"
     assert f"returned {type_name}" in str(caught.value)
+
+
+ONCE = bz.RetryPolicy(max_attempts=3, initial_delay=0.0)
+
+
+async def test_returning_an_undeclared_type_fails_the_step_without_retries() -> None:
+    attempts: list[int] = []
+
+    @bz.step(retry=ONCE)
+    async def liar(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        attempts.append(ctx.attempt)
+        return cast(bz.StopEvent, Left())
+
+    @bz.step
+    async def left(ev: Left) -> bz.StopEvent:
+        return bz.StopEvent(result="routed")
+
+    with pytest.raises(bz.StepFailed) as caught:
+        await bz.Workflow("liar", [liar, left], validate=False).run()
+    assert type(caught.value) is bz.StepFailed
+    assert caught.value.step_name == "liar"
+    assert str(caught.value) == (
+        "step 'liar' returned Left (test_routing.Left), which it does not declare; "
+        "declare what a step emits in its return annotation or with emits="
+    )
+    assert attempts == [1]
+
+
+async def test_sending_an_undeclared_type_fails_the_step_at_the_call() -> None:
+    after: list[str] = []
+
+    @bz.step(retry=ONCE)
+    async def sender(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        ctx.send_event(Right())
+        after.append("went on")
+        return bz.StopEvent()
+
+    @bz.step
+    async def right(ev: Right) -> None:
+        return None
+
+    with pytest.raises(bz.StepFailed) as caught:
+        await bz.Workflow("sender", [sender, right], validate=False).run()
+    assert type(caught.value) is bz.StepFailed
+    assert caught.value.step_name == "sender"
+    assert "sent Right (test_routing.Right), which it does not declare" in str(caught.value)
+    assert after == []
+
+
+async def test_an_undeclared_send_fails_the_step_even_if_the_step_catches_it() -> None:
+    @bz.step
+    async def sly(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        with contextlib.suppress(bz.StepFailed):
+            ctx.send_event(Right())
+        return bz.StopEvent(result="done")
+
+    @bz.step
+    async def right(ev: Right) -> None:
+        return None
+
+    with pytest.raises(bz.StepFailed, match="sent Right"):
+        await bz.Workflow("sly", [sly, right], validate=False).run()
+
+
+async def test_subclasses_of_declared_types_may_be_sent_and_returned() -> None:
+    seen: list[str] = []
+
+    @bz.step
+    async def produce(ctx: bz.Context, ev: bz.StartEvent) -> Base | None:
+        ctx.send_event(Derived(tag="sent"))
+        return Derived(tag="returned")
+
+    @bz.step(max_concurrency=1)  # one at a time, in routing order
+    async def consume(ev: Base) -> bz.StopEvent | None:
+        seen.append(f"{type(ev).__name__} {ev.tag}")
+        return bz.StopEvent(result=seen) if len(seen) == 2 else None
+
+    result = await bz.Workflow("subclasses", [produce, consume]).run()
+    assert result.result == ["Derived sent", "Derived returned"]
+
+
+async def test_a_step_of_unknown_emits_may_send_and_return_anything() -> None:
+    @bz.step
+    async def anything(ctx: bz.Context, ev: bz.StartEvent) -> bz.Event:
+        ctx.send_event(Left())
+        return Right()
+
+    @bz.step
+    async def join(ctx: bz.Context, ev: Left | Right) -> bz.StopEvent | None:
+        got = ctx.collect_events(ev, [Left, Right])
+        return None if got is None else bz.StopEvent(result="both")
+
+    assert (await bz.Workflow("open", [anything, join]).run()).result == "both"
 
 
 async def test_a_raising_step_is_step_failed_with_the_cause() -> None:

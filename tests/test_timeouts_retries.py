@@ -475,10 +475,11 @@ async def test_a_failed_attempt_state_writes_are_rolled_back() -> None:
 
 async def test_a_failed_attempt_sent_events_are_discarded() -> None:
     @bz.step(retry=no_jitter(initial_delay=0))
-    async def flaky(ctx: bz.Context, ev: bz.StartEvent) -> None:
+    async def flaky(ctx: bz.Context, ev: bz.StartEvent) -> Note | None:
         ctx.send_event(Note(attempt=ctx.attempt))
         if ctx.attempt == 1:
             raise ConnectionError("the note of attempt 1 must not be routed")
+        return None
 
     @bz.step(max_concurrency=1)  # a leaked note would be handled first
     async def note(ev: Note) -> bz.StopEvent:
