@@ -250,6 +250,18 @@ def _graph_problems(specs: list[StepSpec]) -> list[str]:
     return problems
 
 
+def _with_subclasses(types: Iterable[type[Event]]) -> set[type[Event]]:
+    """`types` and every subclass defined so far: a step declaring `A` may emit a `B(A)`."""
+    found: set[type[Event]] = set()
+    waiting = list(types)
+    while waiting:
+        cls = waiting.pop()
+        if cls not in found:
+            found.add(cls)
+            waiting.extend(cls.__subclasses__())
+    return found
+
+
 def _mermaid_id(prefix: str, index: int) -> str:
     return f"{prefix}{index}"
 
@@ -300,9 +312,8 @@ class Workflow:
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
         self._targets: dict[type[Event], tuple[int, ...]] = {}
-        types = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
-        self._event_types = known_event_types(types)
-        self._unportable = unportable_event_ids(types)
+        self._declared = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
+        self._unportable = unportable_event_ids(self._declared)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
@@ -402,7 +413,8 @@ class Workflow:
             raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
         check_workflow_name(resume, self.name)
         accepts = {spec.name: spec.accepts for spec in self.steps}
-        restored = read_snapshot(resume, accepts, self._event_types)
+        known = known_event_types(_with_subclasses(self._declared))
+        restored = read_snapshot(resume, accepts, known)
         return Run(self, restored=restored, on_commit=on_commit, held=held)
 
     @staticmethod

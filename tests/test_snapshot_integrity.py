@@ -341,3 +341,32 @@ def test_a_resealed_structural_edit_resumes_exactly_or_is_refused(data: st.DataO
             return  # not a structural edit
         parent[path[-1]] = replacement
     assert outcome(reseal(raw)) in ("Hello, Ada!", bz.SnapshotError), path
+
+
+class Base(bz.Event):
+    n: int
+
+
+class Sub(Base):
+    """Never named by a step: it travels as a subclass of what the steps declare."""
+
+
+async def test_an_undeclared_subclass_of_a_declared_type_is_retyped_on_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @bz.step
+    async def emit(ev: bz.StartEvent) -> Base:
+        return Sub(n=1)
+
+    @bz.step
+    async def take(ev: Base) -> bz.StopEvent:
+        await trio.sleep(5)
+        return bz.StopEvent(result=type(ev).__name__)
+
+    wf = bz.Workflow("subclass", [emit, take])
+    async with wf.start() as handler:
+        await trio.sleep(1)
+        await handler.pause(cancel_in_flight=True)
+        snapshot = bz.WorkflowSnapshot.from_bytes((await handler.snapshot()).to_bytes())
+        await handler.abort()
+    assert (await wf.run(resume=snapshot)).result == "Sub"
