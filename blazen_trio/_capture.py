@@ -35,6 +35,7 @@ class Work:
     event: Event
     source: str | None
     attempt: int
+    seq: int = 0
 
 
 @attrs.frozen
@@ -81,11 +82,14 @@ def snapshot_of(
                 source_step=work.source,
                 target_step=work.step,
                 attempt=work.attempt,
+                seq=work.seq,
             )
             for work in pending
         ],
         collect_buffers={
-            step: [encode_event(ev) for ev in buffer] for step, buffer in state.buffers.items()
+            step: [encode_event(ev) for ev in buffer]
+            for step, buffer in state.buffers.items()
+            if buffer
         },
         input_requests=[encode_event(event) for event in input_requests],
         usage=UsageTotals(
@@ -159,7 +163,7 @@ def _pending(
                 f"snapshot pending_events[{index}] gives step {step!r} an event of type "
                 f"{item.event.type_id!r}, which the step does not accept"
             )
-        pending.append(Work(step, event, item.source_step, item.attempt))
+        pending.append(Work(step, event, item.source_step, item.attempt, item.seq))
     return pending
 
 

@@ -47,6 +47,7 @@ from cattrs.preconf.json import make_converter
 from ._errors import SnapshotError
 from ._events import (
     BUILTIN_EVENTS,
+    Count,
     DynamicEvent,
     Event,
     InputRequestEvent,
@@ -58,6 +59,7 @@ from ._records import (
     SESSION_REF_KEY,
     EncodedEvent,
     HistoryEntry,
+    JournalRecord,
     PendingEvent,
     RunStatus,
     SerializedRef,
@@ -825,6 +827,14 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     session_refs: dict[str, SerializedRef]
     active_time: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Seconds of active run time used so far (the workflow timeout counts only those)."""
+    journal_seq: Count = 0
+    """The last journal record this snapshot includes (durable runs; 0 otherwise)."""
+    result: EncodedEvent | None = None
+    """The StopEvent of a completed run (as a store keeps finished runs)."""
+    error: str | None = None
+    """What a failed or aborted run ended with (as a store keeps finished runs)."""
+    input_responses: list[EncodedEvent] = []
+    """Answers recorded by `store.respond` while no process held the run; routed on resume."""
 
     def __post_init__(self) -> None:
         # Decoding checks structure only: the values are checked when they are decoded on
@@ -934,6 +944,51 @@ def _seal(snapshot: WorkflowSnapshot, form: _Format, codec: str) -> bytes:
         raise SnapshotError(f"cannot encode snapshot as {codec}: {exc}") from exc
     sealed = _Sealed(SNAPSHOT_VERSION, zlib.crc32(document), msgspec.Raw(document))
     return form.encoder.encode(sealed)
+
+
+class _SealedRecord(msgspec.Struct, frozen=True):
+    """The stored form of a journal record: its bytes, their CRC-32 and the record version."""
+
+    version: int
+    crc32: int
+    record: msgspec.Raw
+
+
+JOURNAL_VERSION: Final = 1
+"""The journal record format this blazen_trio writes."""
+
+_RECORD: Final = msgspec.msgpack.Decoder(JournalRecord)
+_SEALED_RECORD: Final = msgspec.msgpack.Decoder(_SealedRecord)
+
+
+def encode_record(record: JournalRecord) -> bytes:
+    """A journal record as sealed MessagePack (version, CRC-32, the record's bytes)."""
+    try:
+        body = _MSGPACK_ENCODER.encode(record)
+    except Exception as exc:  # e.g. a str field holding lone surrogates
+        raise SnapshotError(f"cannot encode journal record {record.seq}: {exc}") from exc
+    return _MSGPACK_ENCODER.encode(
+        _SealedRecord(JOURNAL_VERSION, zlib.crc32(body), msgspec.Raw(body))
+    )
+
+
+def decode_record(data: bytes | bytearray | memoryview) -> JournalRecord:
+    """The record `encode_record` wrote; `SnapshotError` for corrupt or newer data."""
+    try:
+        sealed = _SEALED_RECORD.decode(data)
+    except Exception as exc:  # DecodeError, ValidationError, ...
+        raise SnapshotError(f"not a journal record: {exc}") from exc
+    if sealed.version > JOURNAL_VERSION:
+        raise SnapshotError(
+            f"journal record version {sealed.version} is newer than this blazen_trio supports "
+            f"({JOURNAL_VERSION})"
+        )
+    if zlib.crc32(sealed.record) != sealed.crc32:
+        raise SnapshotError("journal record is corrupt: its CRC-32 does not match its bytes")
+    try:
+        return _RECORD.decode(sealed.record)
+    except Exception as exc:  # DecodeError, ValidationError, ...
+        raise SnapshotError(f"invalid journal record: {exc}") from exc
 
 
 def _unseal(

@@ -124,6 +124,10 @@ class RunFinished(WorkflowError):
     """A control call reached a run that has already finished."""
 
 
+class CheckpointStoreError(WorkflowError):
+    """A checkpoint store cannot be read or written: corrupt, foreign, newer, unreachable."""
+
+
 class RunCrashed(WorkflowError):
     """Something escaped the run's own error handling; the original is the `__cause__`.
 

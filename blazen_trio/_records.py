@@ -192,6 +192,8 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     source_step: str | None = None
     target_step: str | None = None
     attempt: Attempt = 1
+    seq: Count = 0
+    """The run's routing order of the event (0 in snapshots written before it was kept)."""
 
 
 @final
@@ -202,3 +204,82 @@ class UsageTotals(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     completion_tokens: Count = 0
     total_tokens: Count = 0
     cost_usd: float = 0.0
+
+
+@final
+class BufferOp(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One change a commit made to a step's collect buffer: an event added or taken."""
+
+    step: str
+    event: EncodedEvent
+    taken: bool = False
+
+
+@final
+class JournalRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+    """What one commit changed in a run: the unit a durable run writes before routing.
+
+    A step's commit names the delivery it consumed (`step`, `consumed`); the run's start, an
+    input response and the run's end have no step. Values are wire forms, so a store folds
+    records into a snapshot (`_journal.apply`) without running any user code.
+    """
+
+    seq: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    """Position in the run's journal: 1, 2, ... with no gaps."""
+    at: float
+    """Wall-clock time of the commit (seconds since the epoch)."""
+    step: str | None = None
+    consumed: Count | None = None
+    """The `seq` of the pending delivery to `step` that this commit consumed."""
+    retried: Count | None = None
+    """The `seq` of a pending delivery to `step` that failed and will be tried at `attempt`."""
+    attempt: Attempt = 1
+    routed: list[PendingEvent] = []
+    requests: list[EncodedEvent] = []
+    """Input requests made by this commit, now outstanding."""
+    answered: str | None = None
+    """The input request this record answered."""
+    response: EncodedEvent | None = None
+    """The answer (`InputResponseEvent`) recorded by `store.respond`, for the run to route
+    when it is recovered; a live run routes its answers at once (`routed`)."""
+    responses_routed: bool = False
+    """The recovered run routed the answers that `store.respond` recorded."""
+    state_set: dict[str, Any] = {}
+    state_deleted: list[str] = []
+    buffers: list[BufferOp] = []
+    refs_inserted: dict[str, SerializedRef] = {}
+    refs_dropped: list[str] = []
+    usage: UsageTotals = UsageTotals()
+    """What this commit added to the run's usage totals."""
+    history: list[HistoryEntry] = []
+    status: RunStatus | None = None
+    """The run's status from this record on, when it changed."""
+    result: EncodedEvent | None = None
+    """The StopEvent, when this record completed the run."""
+    error: str | None = None
+    """The run's error, when this record failed or aborted it."""
+    active_time: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+@final
+@attrs.frozen
+class RunInfo:
+    """A run as a checkpoint store lists it."""
+
+    run_id: str
+    workflow_name: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+    seq: int
+    """The last journal record written."""
+
+
+@final
+@attrs.frozen
+class CheckpointInfo:
+    """One committed step of a stored run (`store.history(run_id)`)."""
+
+    seq: int
+    step: str | None
+    at: float

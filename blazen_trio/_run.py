@@ -334,12 +334,18 @@ class Run:
         if self.history is not None:
             self.history = History.restore(restored.history, self.workflow.history_limit)
         self._refs = restored.refs
+        slots = {slot.spec.name: slot for slot in self.slots}
+        # Deliveries keep their routing order (a journal names them by it); snapshots that
+        # predate it get fresh numbers after the highest kept one.
+        self._seq = max((work.seq for work in restored.pending), default=self._seq)
         for request in restored.input_requests:
             self.input_requests[request.request_id] = self._envelope(request, None, quiet=True)
             self.publish(request)  # announced again: a subscriber with replay sees it
-        slots = {slot.spec.name: slot for slot in self.slots}
-        for work in restored.pending:
-            envelope = self._envelope(work.event, work.source, quiet=True)
+        for work in sorted(restored.pending, key=lambda work: work.seq):
+            if work.seq:
+                envelope = Envelope(work.event, work.seq, work.source)
+            else:
+                envelope = self._envelope(work.event, work.source, quiet=True)
             slots[work.step].queue.append(Invocation(slots[work.step], envelope, work.attempt))
             self._queued += 1
 
@@ -820,7 +826,13 @@ class Run:
             status=self.status,
             state=self.state.without(logs),
             pending=[
-                Work(inv.slot.spec.name, inv.envelope.event, inv.envelope.source, inv.attempt)
+                Work(
+                    inv.slot.spec.name,
+                    inv.envelope.event,
+                    inv.envelope.source,
+                    inv.attempt,
+                    inv.envelope.seq,
+                )
                 for inv in self.pending()
             ],
             input_requests=[envelope.event for envelope in self.input_requests.values()],

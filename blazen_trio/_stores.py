@@ -1,0 +1,231 @@
+"""Checkpoint stores: the protocol every store meets, and the in-memory one.
+
+A store keeps, per run, a base snapshot and the journal records written since; `load` folds
+them with the journal's reducer (`_journal.fold`). Every `compact_every` records the store
+folds the journal into a new base snapshot and drops the records before it, so a run's
+journal stays bounded. The SQLite and PostgreSQL stores keep the same shape on disk.
+"""
+
+import builtins  # `list` is a method name of the stores
+import datetime
+import time
+from collections.abc import Iterable
+from typing import Any, Final, Protocol, final, runtime_checkable
+
+import attrs
+import trio
+
+from ._codec import WorkflowSnapshot, encode_event
+from ._errors import CheckpointStoreError, UnknownInputRequest
+from ._events import InputResponseEvent
+from ._journal import fold
+from ._records import CheckpointInfo, JournalRecord, RunInfo, RunStatus
+
+FINISHED: Final = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.ABORTED)
+"""The statuses of runs that are over: what `prune` removes by default."""
+
+DEFAULT_COMPACT_EVERY: Final = 256
+"""Journal records per run between compactions (a new base snapshot)."""
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where durable runs keep their snapshots and journals (all methods async).
+
+    Raises `CheckpointStoreError` when the store cannot be read or written.
+    """
+
+    async def save(self, snapshot: WorkflowSnapshot) -> None:
+        """Make `snapshot` the run's base (a new run, a compaction, a resumed snapshot);
+        the journal records it includes are dropped."""
+
+    async def append(self, run_id: str, record: JournalRecord) -> None:
+        """Add the run's next journal record, durably; refused unless it follows the last."""
+
+    async def load(self, run_id: str, *, at: int | None = None) -> WorkflowSnapshot | None:
+        """The run as of its last record (or as of record `at`); None for an unknown run."""
+
+    async def list(
+        self, *, workflow: str | None = None, status: RunStatus | Iterable[RunStatus] | None = None
+    ) -> builtins.list[RunInfo]:
+        """The stored runs, oldest first, optionally of one workflow and some statuses."""
+
+    async def history(self, run_id: str) -> builtins.list[CheckpointInfo]:
+        """One entry per kept journal record (seq, committing step, time), oldest first."""
+
+    async def delete(self, run_id: str) -> None:
+        """Forget the run (nothing happens for an unknown one)."""
+
+    async def prune(
+        self, *, older_than: datetime.timedelta, statuses: Iterable[RunStatus] = FINISHED
+    ) -> int:
+        """Delete runs in `statuses` not updated for `older_than`; returns how many."""
+
+    async def respond(self, run_id: str, request_id: str, response: Any) -> None:
+        """Answer an input request of a run no process holds; the next recovery routes it.
+
+        Raises `UnknownInputRequest` if the run has no such outstanding request.
+        """
+
+
+def statuses_of(status: RunStatus | Iterable[RunStatus] | None) -> frozenset[RunStatus] | None:
+    """`list`'s `status=` as a set of statuses (None: all)."""
+    if status is None:
+        return None
+    if isinstance(status, str):
+        return frozenset({RunStatus(status)})
+    return frozenset(RunStatus(item) for item in status)
+
+
+def answer_record(snapshot: WorkflowSnapshot, request_id: str, response: Any) -> JournalRecord:
+    """The record `respond` appends: the request answered, the answer kept for routing."""
+    requests = {item.payload.get("request_id") for item in snapshot.input_requests}
+    if request_id not in requests:
+        raise UnknownInputRequest(request_id)
+    answer = encode_event(InputResponseEvent(request_id=request_id, response=response))
+    return JournalRecord(
+        seq=snapshot.journal_seq + 1,
+        at=time.time(),
+        answered=request_id,
+        response=answer,
+        status=RunStatus.RUNNING if len(requests) == 1 else None,
+    )
+
+
+@attrs.define(eq=False)
+class _StoredRun:
+    base: WorkflowSnapshot
+    records: list[JournalRecord]
+    created_at: float
+    updated_at: float
+
+    @property
+    def seq(self) -> int:
+        return self.records[-1].seq if self.records else self.base.journal_seq
+
+    def latest(self) -> WorkflowSnapshot:
+        return fold(self.base, self.records)
+
+    def info(self) -> RunInfo:
+        changes = (record.status for record in reversed(self.records) if record.status)
+        return RunInfo(
+            run_id=self.base.run_id,
+            workflow_name=self.base.workflow_name,
+            status=next(changes, self.base.status),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            seq=self.seq,
+        )
+
+
+@final
+class MemoryCheckpointStore:
+    """A checkpoint store in this process's memory: for tests and for runs that only need
+    pause, fork and history within one process. Nothing survives the process."""
+
+    def __init__(self, *, compact_every: int | None = DEFAULT_COMPACT_EVERY) -> None:
+        if compact_every is not None and (type(compact_every) is not int or compact_every < 1):
+            raise ValueError(f"compact_every must be an int >= 1 or None, got {compact_every!r}")
+        self._compact_every = compact_every
+        self._runs: dict[str, _StoredRun] = {}
+
+    def __repr__(self) -> str:
+        return f"<MemoryCheckpointStore runs={len(self._runs)}>"
+
+    async def save(self, snapshot: WorkflowSnapshot) -> None:
+        await trio.lowlevel.checkpoint()
+        now = time.time()
+        stored = self._runs.get(snapshot.run_id)
+        if stored is None:
+            self._runs[snapshot.run_id] = _StoredRun(snapshot, [], now, now)
+            return
+        stored.base = snapshot
+        stored.records = [r for r in stored.records if r.seq > snapshot.journal_seq]
+        stored.updated_at = now
+
+    async def append(self, run_id: str, record: JournalRecord) -> None:
+        await trio.lowlevel.checkpoint()
+        stored = self._stored(run_id)
+        if record.seq != stored.seq + 1:
+            raise CheckpointStoreError(
+                f"run {run_id!r}: journal record {record.seq} does not follow record "
+                f"{stored.seq} (another writer holds this run?)"
+            )
+        stored.records.append(record)
+        stored.updated_at = time.time()
+        if self._compact_every is not None and len(stored.records) >= self._compact_every:
+            stored.base = stored.latest()
+            stored.records.clear()
+
+    async def load(self, run_id: str, *, at: int | None = None) -> WorkflowSnapshot | None:
+        await trio.lowlevel.checkpoint()
+        stored = self._runs.get(run_id)
+        if stored is None:
+            return None
+        if at is None:
+            return stored.latest()
+        if not stored.base.journal_seq <= at <= stored.seq:
+            raise CheckpointStoreError(
+                f"run {run_id!r}: record {at} is not kept (kept: {stored.base.journal_seq} to "
+                f"{stored.seq})"
+            )
+        return fold(stored.base, [r for r in stored.records if r.seq <= at])
+
+    async def list(
+        self, *, workflow: str | None = None, status: RunStatus | Iterable[RunStatus] | None = None
+    ) -> builtins.list[RunInfo]:
+        await trio.lowlevel.checkpoint()
+        wanted = statuses_of(status)
+        infos = [stored.info() for stored in self._runs.values()]
+        return sorted(
+            (
+                info
+                for info in infos
+                if (workflow is None or info.workflow_name == workflow)
+                and (wanted is None or info.status in wanted)
+            ),
+            key=lambda info: info.created_at,
+        )
+
+    async def history(self, run_id: str) -> builtins.list[CheckpointInfo]:
+        await trio.lowlevel.checkpoint()
+        stored = self._runs.get(run_id)
+        if stored is None:
+            return []
+        return [CheckpointInfo(r.seq, r.step, r.at) for r in stored.records]
+
+    async def delete(self, run_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._runs.pop(run_id, None)
+
+    async def prune(
+        self, *, older_than: datetime.timedelta, statuses: Iterable[RunStatus] = FINISHED
+    ) -> int:
+        await trio.lowlevel.checkpoint()
+        cutoff = time.time() - _seconds(older_than)
+        wanted = statuses_of(statuses) or frozenset()
+        doomed = [
+            run_id
+            for run_id, stored in self._runs.items()
+            if stored.updated_at < cutoff and stored.info().status in wanted
+        ]
+        for run_id in doomed:
+            del self._runs[run_id]
+        return len(doomed)
+
+    async def respond(self, run_id: str, request_id: str, response: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        stored = self._stored(run_id)
+        await self.append(run_id, answer_record(stored.latest(), request_id, response))
+
+    def _stored(self, run_id: str) -> _StoredRun:
+        stored = self._runs.get(run_id)
+        if stored is None:
+            raise CheckpointStoreError(f"no run {run_id!r} in this store")
+        return stored
+
+
+def _seconds(age: object) -> float:
+    if not isinstance(age, datetime.timedelta):
+        raise TypeError(f"older_than must be a datetime.timedelta, got {type(age).__name__}")
+    return age.total_seconds()
