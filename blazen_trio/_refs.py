@@ -324,6 +324,19 @@ class RefInsert:
         pass
 
 
+@attrs.define(slots=True, eq=False)
+class RefDrop:
+    """Log record: a step attempt dropped a ref (drops are not undone; the journal needs it)."""
+
+    key: str
+
+    def undo(self, state: object, virtual: set[int] | None) -> None:
+        pass
+
+    def settle(self, state: object) -> None:
+        pass
+
+
 @final
 class StepRefs(metaclass=NoPublicConstructor):
     """The run's session-ref registry as one step attempt sees it.
@@ -352,6 +365,7 @@ class StepRefs(metaclass=NoPublicConstructor):
 
     def drop(self, ref: SessionRef | str) -> None:
         self._registry.drop(ref)
+        self._log.append(RefDrop(_key_of(ref)))
 
     def keys(self) -> list[str]:
         return self._registry.keys()

@@ -13,7 +13,7 @@ from typing import Any, Final
 import attrs
 
 from ._events import Event
-from ._refs import RefInsert
+from ._refs import RefDrop, RefInsert
 
 _MISSING: Final = object()
 
@@ -27,6 +27,7 @@ class _StateWrite:
     """
 
     key: str
+    value: Any  # _MISSING for a delete
     previous: Any  # _MISSING when the key did not exist
     below: _StateWrite | None
     undone: bool = False
@@ -86,8 +87,45 @@ class _CollectTake:
         pass
 
 
-UndoRecord = _StateWrite | _CollectAdd | _CollectTake | RefInsert
+UndoRecord = _StateWrite | _CollectAdd | _CollectTake | RefInsert | RefDrop
 UndoLog = list[UndoRecord]
+
+
+@attrs.frozen
+class Changes:
+    """What one attempt changed, as its commit's journal record needs it."""
+
+    written: dict[str, Any]
+    deleted: list[str]
+    buffer_ops: list[tuple[str, Event, bool]]  # (step, event, taken)
+    refs_inserted: list[str]
+    refs_dropped: list[str]
+
+
+def changes_of(log: UndoLog) -> Changes:
+    """The effects of an attempt's log (before `settle` clears it): each key's last write."""
+    last: dict[str, Any] = {}
+    ops: list[tuple[str, Event, bool]] = []
+    inserted: list[str] = []
+    dropped: list[str] = []
+    for record in log:
+        if isinstance(record, _StateWrite):
+            last[record.key] = record.value
+        elif isinstance(record, _CollectAdd):
+            ops.append((record.step, record.event, False))
+        elif isinstance(record, _CollectTake):
+            ops.extend((record.step, event, True) for event in record.taken)
+        elif isinstance(record, RefInsert):
+            inserted.append(record.key)
+        else:
+            dropped.append(record.key)
+    return Changes(
+        written={key: value for key, value in last.items() if value is not _MISSING},
+        deleted=[key for key, value in last.items() if value is _MISSING],
+        buffer_ops=ops,
+        refs_inserted=[key for key in inserted if key not in dropped],
+        refs_dropped=dropped,
+    )
 
 
 def _match(buffer: Sequence[Event], expected: Sequence[type[Event]]) -> list[int] | None:
@@ -154,17 +192,17 @@ class RunState:
     def set(self, key: str, value: Any, log: UndoLog) -> None:
         if not isinstance(key, str):
             raise TypeError(f"state keys are str, got {type(key).__name__}")
-        self._log_write(key, log)
+        self._log_write(key, value, log)
         self.values[key] = value
 
     def delete(self, key: str, log: UndoLog) -> None:
         if key not in self.values:
             raise KeyError(key)
-        self._log_write(key, log)
+        self._log_write(key, _MISSING, log)
         del self.values[key]
 
-    def _log_write(self, key: str, log: UndoLog) -> None:
-        write = _StateWrite(key, self.values.get(key, _MISSING), self.writers.get(key))
+    def _log_write(self, key: str, value: Any, log: UndoLog) -> None:
+        write = _StateWrite(key, value, self.values.get(key, _MISSING), self.writers.get(key))
         self.writers[key] = write
         log.append(write)
 
