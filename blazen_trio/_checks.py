@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def is_count(value: object, minimum: int) -> bool:
     """An int (not a bool) of at least `minimum`."""
@@ -13,3 +15,10 @@ def is_optional_duration(value: object) -> bool:
     if value is None:
         return True
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def is_number_within(value: object, low: float, high: float) -> bool:
+    """A finite int or float (not a bool) with `low <= value <= high`: NaN and inf never pass."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low <= value <= high

@@ -2,12 +2,13 @@
 
 The run loop interprets them, in the order they arrive among the commits queued behind them,
 and answers each through its `Reply`. Whatever applying a command raises (a `WorkflowError`,
-a warning turned into an error) goes back to the one caller that sent it.
+a warning turned into an error) goes back to the one caller that sent it. Each command's
+`method` is the handler method that sends it, so messages name what the user called.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 import trio
@@ -50,6 +51,7 @@ class Reply(Generic[T]):
 class Pause:
     """Stop dispatching; answered once no step runs."""
 
+    method: ClassVar[str] = "pause"
     cancel_in_flight: bool
     reply: Reply[None] = attrs.Factory(Reply)
 
@@ -58,6 +60,7 @@ class Pause:
 class Resume:
     """Dispatch again what waited while paused."""
 
+    method: ClassVar[str] = "resume"
     reply: Reply[None] = attrs.Factory(Reply)
 
 
@@ -65,6 +68,7 @@ class Resume:
 class TakeSnapshot:
     """Capture the run as it stands after every commit before this command."""
 
+    method: ClassVar[str] = "snapshot"
     reply: Reply[WorkflowSnapshot] = attrs.Factory(Reply)
 
 
@@ -72,6 +76,7 @@ class TakeSnapshot:
 class RespondToInput:
     """Route the answer to an outstanding input request."""
 
+    method: ClassVar[str] = "respond_to_input"
     request_id: str
     response: Any
     reply: Reply[None] = attrs.Factory(Reply)

@@ -87,11 +87,17 @@ class SessionRefError(WorkflowError):
 
 
 class SessionRefsNotSerializable(SessionRefError):
-    """Live session refs could not be serialized under the workflow's pause policy."""
+    """Live session refs cannot go into a snapshot under the workflow's pause policy.
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    Serializing them failed, or the policy (`HARD_ERROR`) refused: `keys` names them either way.
+    """
+
+    def __init__(self, keys: Iterable[str], message: str | None = None) -> None:
         self.keys: tuple[str, ...] = tuple(keys)
-        super().__init__(f"session refs cannot be serialized: {', '.join(self.keys)}")
+        listed = ", ".join(self.keys)
+        super().__init__(
+            f"{message}: {listed}" if message else f"session refs cannot be serialized: {listed}"
+        )
 
 
 class UnknownInputRequest(WorkflowError):

@@ -131,8 +131,8 @@ class SessionRefRegistry:
         listed (sorted) in `metadata[DROPPED_REFS_METADATA_KEY]` and reported with one
         `RuntimeWarning`.
 
-        Raises `SessionRefsNotSerializable` (every failing key) under `PICKLE_OR_ERROR`, and
-        `SessionRefError` under `HARD_ERROR` when any ref would outlive the snapshot.
+        Raises `SessionRefsNotSerializable` with every failing key under `PICKLE_OR_ERROR`, and
+        with every live key under `HARD_ERROR` (a refusal) when any ref would outlive the snapshot.
         Keys in `excluding` (inserted by attempts that will re-run) are left out.
         """
         policy = SessionPausePolicy(policy)
@@ -144,9 +144,10 @@ class SessionRefRegistry:
         if not kept:
             return {}, {}
         if policy is SessionPausePolicy.HARD_ERROR:
-            raise SessionRefError(
-                f"snapshot refused under SessionPausePolicy.HARD_ERROR: {len(kept)} live session "
-                f"ref(s): {', '.join(sorted(kept))}"
+            raise SessionRefsNotSerializable(
+                sorted(kept),
+                f"SessionPausePolicy.HARD_ERROR refused the snapshot: {len(kept)} session "
+                "ref(s) live",
             )
         if policy is SessionPausePolicy.WARN_DROP:
             dropped = sorted(kept)

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import random
 import typing
 from typing import final
 
 import attrs
 
+from ._checks import is_count, is_number_within
 from ._errors import ValidationError
 
 
-def _exception_types(value: object) -> tuple[type[BaseException], ...]:
-    types: tuple[object, ...]
-    if isinstance(value, type):
-        types = (value,)
-    elif isinstance(value, tuple | list | set | frozenset):
-        types = tuple(value)
-    else:
-        types = ()
-    if not types or not all(isinstance(t, type) and issubclass(t, Exception) for t in types):
-        raise ValidationError([f"RetryPolicy.retry_on must be Exception subclasses, got {value!r}"])
-    return typing.cast(tuple[type[BaseException], ...], types)
+def _as_tuple(value: object) -> tuple[type[BaseException], ...]:
+    """`retry_on` as a tuple; `RetryPolicy` then checks what it holds, with its other options."""
+    items = tuple(value) if isinstance(value, tuple | list | set | frozenset) else (value,)
+    return typing.cast(tuple[type[BaseException], ...], items)
+
+
+def _are_exception_types(types: tuple[object, ...]) -> bool:
+    return bool(types) and all(isinstance(t, type) and issubclass(t, Exception) for t in types)
 
 
 @final
@@ -38,21 +37,29 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     retry_on: tuple[type[BaseException], ...] = attrs.field(
-        default=(Exception,), converter=_exception_types
+        default=(Exception,), converter=_as_tuple
     )
 
     def __attrs_post_init__(self) -> None:
-        problems = []
-        if self.max_attempts < 1:
-            problems.append(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.initial_delay < 0 or self.max_delay < 0:
-            problems.append("initial_delay and max_delay must be >= 0")
-        if self.multiplier < 1:
-            problems.append(f"multiplier must be >= 1, got {self.multiplier}")
-        if not 0 <= self.jitter <= 1:
-            problems.append(f"jitter must be within [0, 1], got {self.jitter}")
+        problems = self._problems()
         if problems:
             raise ValidationError(f"RetryPolicy: {problem}" for problem in problems)
+
+    def _problems(self) -> list[str]:
+        """Every bad option, so one `ValidationError` lists them all."""
+        problems = []
+        if not is_count(self.max_attempts, 1):
+            problems.append(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        for name, delay in (("initial_delay", self.initial_delay), ("max_delay", self.max_delay)):
+            if not is_number_within(delay, 0, math.inf):
+                problems.append(f"{name} must be a finite number >= 0, got {delay!r}")
+        if not is_number_within(self.multiplier, 1, math.inf):
+            problems.append(f"multiplier must be a finite number >= 1, got {self.multiplier!r}")
+        if not is_number_within(self.jitter, 0, 1):
+            problems.append(f"jitter must be a number within [0, 1], got {self.jitter!r}")
+        if not _are_exception_types(self.retry_on):
+            problems.append(f"retry_on must be Exception subclasses, got {self.retry_on!r}")
+        return problems
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether the failed `attempt` (1-based) is followed by another."""

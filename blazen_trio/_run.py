@@ -470,7 +470,7 @@ class Run:
 
     async def command(self, command: Command) -> Any:
         """Send a control command through the inbox and wait for the run's answer."""
-        self.check_running(type(command).__name__.lower())
+        self.check_running(command.method)
         self._post(command)
         return await command.reply.wait()
 

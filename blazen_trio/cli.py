@@ -3,37 +3,67 @@
 blazen-trio run examples.word_report:workflow --input '{"documents": ["trio"]}'
 blazen-trio graph examples.word_report:workflow
 blazen-trio inspect run.snapshot
+
+Every error is one line on stderr. Exit status: 0 done, 1 the run (or reading a snapshot)
+failed, 2 a usage error (bad arguments, a target that does not load), 130 interrupted
+(Ctrl-C), 141 stdout closed early (`| head`: the run is aborted, nothing is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import trio
 
+from . import __version__
 from ._codec import WorkflowSnapshot, resolve_type_path
 from ._errors import SnapshotError, WorkflowError
 from ._workflow import Workflow
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `cat` in `cat big | head`
+
+
+class _UsageError(Exception):
+    """The command line asks for something that cannot be done (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as one-line `_UsageError`s instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _json(text: str) -> Any:
+    """`--input`'s value, refused as a usage error when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
 
 
 def _load_workflow(target: str) -> Workflow:
     """`package.module:attribute` -> the Workflow it names (the current directory importable)."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise SystemExit(f"blazen-trio: expected MODULE:ATTRIBUTE, got {target!r}")
+        raise _UsageError(f"expected MODULE:ATTRIBUTE, got {target!r}")
     sys.path.insert(0, str(Path.cwd()))
     try:
         found = resolve_type_path(target)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise SystemExit(f"blazen-trio: cannot load {target!r}: {exc}") from None
+    except Exception as exc:  # whatever importing the user's module raised, SyntaxError too
+        raise _UsageError(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(found, Workflow):
-        raise SystemExit(f"blazen-trio: {target!r} is a {type(found).__name__}, not a Workflow")
+        raise _UsageError(f"{target!r} is a {type(found).__name__}, not a Workflow")
     return found
 
 
@@ -54,8 +84,7 @@ async def _run(workflow: Workflow, value: Any, snapshot: WorkflowSnapshot | None
 def _command_run(args: argparse.Namespace) -> int:
     workflow = _load_workflow(args.workflow)
     snapshot = _read_snapshot(args.resume) if args.resume else None
-    value = json.loads(args.input) if args.input is not None else None
-    result = trio.run(_run, workflow, value, snapshot)
+    result = trio.run(_run, workflow, args.input, snapshot)
     print(json.dumps({"result": result}, default=repr))
     return 0
 
@@ -91,12 +120,14 @@ def _command_inspect(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blazen-trio", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="blazen-trio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"blazen-trio {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a workflow, printing its stream as JSON lines")
     run.add_argument("workflow", help="MODULE:ATTRIBUTE of a Workflow")
-    run.add_argument("--input", help="the start value, as JSON")
-    run.add_argument("--resume", type=Path, help="resume this snapshot file instead")
+    start = run.add_mutually_exclusive_group()  # a resumed run goes on from its snapshot
+    start.add_argument("--input", type=_json, help="the start value, as JSON")
+    start.add_argument("--resume", type=Path, help="resume this snapshot file instead")
     run.set_defaults(handle=_command_run)
     graph = commands.add_parser("graph", help="print a workflow's graph as Mermaid")
     graph.add_argument("workflow", help="MODULE:ATTRIBUTE of a Workflow")
@@ -108,12 +139,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `blazen-trio` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Entry point of the `blazen-trio` command; returns the exit status (listed above)."""
     try:
+        args = _parser().parse_args(argv)
         status: int = args.handle(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except _UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except (WorkflowError, OSError) as exc:
         kind = "snapshot" if isinstance(exc, SnapshotError) else type(exc).__name__
-        print(f"blazen-trio: {kind}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{kind}: {exc}", EXIT_FAILED)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if not _interrupted(exc):
+            raise
+        return _fail("interrupted", EXIT_INTERRUPTED)
     return status
+
+
+def _fail(message: str, status: int) -> int:
+    """Say what went wrong in one line on stderr; returns `status`."""
+    print(f"blazen-trio: {' '.join(message.split())}", file=sys.stderr)
+    return status
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C: in the main task, or inside a step (then it leaves the run in a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so flushing it at exit cannot raise again (Python's docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

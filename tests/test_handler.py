@@ -252,6 +252,17 @@ async def test_abort_on_a_finished_run_is_run_finished(ending: str) -> None:
         assert handler.status == ending
 
 
+@pytest.mark.parametrize("method", ["pause", "resume", "snapshot", "respond_to_input", "abort"])
+async def test_a_control_call_on_a_finished_run_names_the_public_method(method: str) -> None:
+    gate = trio.Event()
+    gate.set()
+    async with gated_workflow(gate).start() as handler:
+        await handler.result()
+        arguments = ("request", "answer") if method == "respond_to_input" else ()
+        with pytest.raises(bz.RunFinished, match=f"^{method}: run "):
+            await getattr(handler, method)(*arguments)
+
+
 # -- the start block owns the run ----------------------------------------------------------
 
 

@@ -376,8 +376,10 @@ def test_warn_drop_drops_everything_with_one_warning(registry: SessionRefRegistr
 
 def test_hard_error_refuses_while_any_ref_is_live(registry: SessionRefRegistry) -> None:
     refs = [registry.insert("a"), registry.insert("b", lifetime=RefLifetime.UNTIL_EXPLICIT_DROP)]
-    with pytest.raises(bz.SessionRefError, match="HARD_ERROR") as info:
+    refused = "HARD_ERROR refused the snapshot"
+    with pytest.raises(bz.SessionRefsNotSerializable, match=refused) as info:
         registry.serialize(SessionPausePolicy.HARD_ERROR)
+    assert info.value.keys == tuple(sorted(ref.key for ref in refs))
     assert all(ref.key in str(info.value) for ref in refs)
 
 

@@ -20,8 +20,18 @@ has overwritten it).
 The strategies generate what a workflow's own property tests need: `state_values()` (values
 `ctx.set` can hold that survive a snapshot), `events(MyEvent)` (instances of an event class,
 fields drawn from their annotations) and `snapshots()` (valid `WorkflowSnapshot`s of every
-shape). Needs hypothesis (`pip install blazen_trio[testing]`).
+shape). Needs hypothesis: `pip install -e '.[testing]'` in a checkout.
 """
+
+# Imported first only to fail with the name of the extra that brings it (the strategies need it).
+try:
+    import hypothesis as _hypothesis  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        "blazen_trio.testing needs hypothesis; install the extra: pip install -e '.[testing]' "
+        "(in a checkout of blazen_trio)",
+        name="hypothesis",
+    ) from exc
 
 from ._checker import (
     DEFAULT_TIME_LIMIT as DEFAULT_TIME_LIMIT,
