@@ -218,17 +218,24 @@ def _describe(error: BaseException) -> str:
 
 
 def _split_crash(error: BaseException) -> tuple[Exception | None, BaseException | None]:
-    """(what crashed the run, what must go on propagating: cancellation, KeyboardInterrupt)."""
+    """(what crashed the run, what must go on propagating: cancellation, KeyboardInterrupt),
+    each unwrapped from its group when it is a single exception."""
     if isinstance(error, BaseExceptionGroup):
         crash, rest = error.split(Exception)
-        if crash is not None and len(crash.exceptions) == 1:
-            only = crash.exceptions[0]
-            if not isinstance(only, BaseExceptionGroup):
-                return only, rest
-        return crash, rest
+        crashed = None if crash is None else only_exception(crash)
+        assert crashed is None or isinstance(crashed, Exception)  # split(Exception) made it
+        return crashed, None if rest is None else only_exception(rest)
     if isinstance(error, Exception):
         return error, None
     return None, error
+
+
+def only_exception(error: BaseException) -> BaseException:
+    """The single exception inside (nested) one-member groups, else `error` itself."""
+    found: BaseException = error
+    while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
+        found = found.exceptions[0]
+    return found
 
 
 class _ActiveClock:

@@ -35,7 +35,7 @@ from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
 from ._records import SessionPausePolicy, WorkflowResult
 from ._retry import RetryPolicy
-from ._run import CommitObserver, InputHandler, Run
+from ._run import CommitObserver, InputHandler, Run, only_exception
 from ._steps import StepSpec
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
@@ -383,14 +383,17 @@ class Workflow:
         """
         run = self._new_run(input, resume, on_commit, held=True)
         escaping: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run.main)
-            try:
-                self._first_work(run, input)
-                yield WorkflowHandler._create(run)
-            except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
-                escaping = exc
-            run.abort()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run.main)
+                try:
+                    self._first_work(run, input)
+                    yield WorkflowHandler._create(run)
+                except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+                    escaping = exc
+                run.abort()
+        except BaseExceptionGroup as group:  # KeyboardInterrupt in a step, say: not a group
+            raise only_exception(group) from None
         if escaping is not None:
             raise escaping
 

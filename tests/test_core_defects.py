@@ -349,3 +349,28 @@ async def test_an_inline_input_handler_waiting_is_not_active_time(
         answered.set()
         result = await handler.result()
     assert result.result == "late"
+
+
+# -- KeyboardInterrupt inside a step ------------------------------------------------------------
+
+
+def _interrupted() -> bz.Workflow:
+    @bz.step
+    async def press_ctrl_c(ev: bz.StartEvent) -> bz.StopEvent:
+        raise KeyboardInterrupt
+
+    return bz.Workflow("interrupted", [press_ctrl_c])
+
+
+async def test_a_keyboard_interrupt_in_a_step_leaves_run_bare() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        await _interrupted().run()
+
+
+async def test_a_keyboard_interrupt_in_a_step_leaves_start_bare() -> None:
+    async def block() -> None:
+        async with _interrupted().start() as handler:
+            await handler.result()
+
+    with pytest.raises(KeyboardInterrupt):
+        await block()
