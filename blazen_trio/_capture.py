@@ -8,7 +8,7 @@ run is built from. Only steps that were in flight at the snapshot run again on r
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -21,10 +21,20 @@ from ._codec import (
     encode_value,
 )
 from ._errors import SnapshotError
-from ._events import Event, InputRequestEvent
-from ._records import HistoryEntry, PendingEvent, RunStatus, SerializedRef, Usage, UsageTotals
+from ._events import Event, InputRequestEvent, InputResponseEvent, StopEvent
+from ._records import (
+    BufferOp,
+    EncodedEvent,
+    HistoryEntry,
+    PendingEvent,
+    RunStatus,
+    SerializedRef,
+    SessionPausePolicy,
+    Usage,
+    UsageTotals,
+)
 from ._refs import DROPPED_REFS_METADATA_KEY, SessionRefRegistry
-from ._state import RunState
+from ._state import Changes, RunState
 
 
 @attrs.frozen
@@ -36,6 +46,57 @@ class Work:
     source: str | None
     attempt: int
     seq: int = 0
+
+
+@attrs.frozen
+class Routed:
+    """What a commit routes, for its journal record: deliveries, new requests, the stop."""
+
+    routed: list[PendingEvent]
+    requests: list[EncodedEvent]
+    result: EncodedEvent | None
+
+
+def routed_fields(
+    envelopes: Iterable[tuple[Event, int]],
+    source: str | None,
+    targets: Callable[[type[Event]], Iterable[str]],
+) -> Routed:
+    """The journal's view of routing `(event, seq)` pairs emitted by `source`."""
+    routed: list[PendingEvent] = []
+    requests: list[EncodedEvent] = []
+    result = None
+    for event, seq in envelopes:
+        encoded = encode_event(event)
+        if isinstance(event, StopEvent):
+            result = encoded
+        elif isinstance(event, InputRequestEvent):
+            requests.append(encoded)
+        else:
+            routed.extend(
+                PendingEvent(event=encoded, source_step=source, target_step=step, seq=seq)
+                for step in targets(type(event))
+            )
+    return Routed(routed, requests, result)
+
+
+def change_fields(
+    changes: Changes, refs: SessionRefRegistry, policy: SessionPausePolicy
+) -> dict[str, Any]:
+    """The journal record fields of an attempt's state, buffer and ref changes."""
+    inserted = {}
+    if changes.refs_inserted:
+        inserted = refs.serialize(policy, only=changes.refs_inserted)[0]
+    return {
+        "state_set": {key: encode_value(value, key=key) for key, value in changes.written.items()},
+        "state_deleted": changes.deleted,
+        "buffers": [
+            BufferOp(step=step, event=encode_event(event), taken=taken)
+            for step, event, taken in changes.buffer_ops
+        ],
+        "refs_inserted": inserted,
+        "refs_dropped": changes.refs_dropped,
+    }
 
 
 @attrs.frozen
@@ -52,6 +113,9 @@ class RestoredRun:
     history: list[HistoryEntry]
     refs: SessionRefRegistry
     active_time: float
+    journal_seq: int
+    responses: list[InputResponseEvent]
+    """Answers recorded by `store.respond`, to route when the run goes on."""
 
 
 def snapshot_of(
@@ -141,6 +205,8 @@ def _read(
         history=list(snapshot.history),
         refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=_dropped(snapshot)),
         active_time=snapshot.active_time,
+        journal_seq=snapshot.journal_seq,
+        responses=_responses(snapshot, known),
     )
 
 
@@ -197,6 +263,21 @@ def _requests(
             )
         requests.append(request)
     return requests
+
+
+def _responses(
+    snapshot: WorkflowSnapshot, known: Mapping[str, type[Event]]
+) -> list[InputResponseEvent]:
+    responses = []
+    for item in snapshot.input_responses:
+        response = decode_event(item, known)
+        if not isinstance(response, InputResponseEvent):
+            raise SnapshotError(
+                f"snapshot input_responses hold an event of type {item.type_id!r}, "
+                "not an input response"
+            )
+        responses.append(response)
+    return responses
 
 
 def _dropped(snapshot: WorkflowSnapshot) -> list[str]:

@@ -122,7 +122,11 @@ class SessionRefRegistry:
         return len(keys)
 
     def serialize(
-        self, policy: SessionPausePolicy, *, excluding: Collection[str] = ()
+        self,
+        policy: SessionPausePolicy,
+        *,
+        excluding: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> tuple[dict[str, SerializedRef], dict[str, Any]]:
         """The live refs in snapshot form under `policy`, and the snapshot metadata entries.
 
@@ -133,12 +137,14 @@ class SessionRefRegistry:
 
         Raises `SessionRefsNotSerializable` with every failing key under `PICKLE_OR_ERROR`, and
         with every live key under `HARD_ERROR` (a refusal) when any ref would outlive the snapshot.
-        Keys in `excluding` (inserted by attempts that will re-run) are left out.
+        Keys in `excluding` (inserted by attempts that will re-run) are left out; with `only`,
+        just those keys are considered (a journal record carries the refs one commit inserted).
         """
         policy = SessionPausePolicy(policy)
+        entries = self._entries if only is None else {k: self._entries[k] for k in only}
         kept = {
             key: entry
-            for key, entry in self._entries.items()
+            for key, entry in entries.items()
             if entry.lifetime is not RefLifetime.UNTIL_SNAPSHOT and key not in excluding
         }
         if not kept:

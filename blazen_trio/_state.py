@@ -258,8 +258,16 @@ class RunState:
             {},
             dict(self.writers),
         )
+        # The logs come in no particular order, so every take is put back before any add is
+        # removed: an attempt's added event may have been taken by another attempt since.
+        logs = list(logs)
         virtual: set[int] = set()
         for log in logs:
             for record in reversed(log):
-                record.undo(copy, virtual)
+                if isinstance(record, _CollectTake):
+                    record.undo(copy, virtual)
+        for log in logs:
+            for record in reversed(log):
+                if not isinstance(record, _CollectTake):
+                    record.undo(copy, virtual)
         return copy

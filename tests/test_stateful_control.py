@@ -18,7 +18,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -470,11 +469,6 @@ async def gather(ctx: bz.Context, ev: Part) -> bz.StopEvent | None:
 GATHER = bz.Workflow("gather", [fan, gather])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a snapshot of a running run can keep an in-flight step's event in "
-    "a collect buffer while also recording its delivery as pending",
-)
 async def test_a_running_snapshot_never_holds_an_event_both_buffered_and_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -484,7 +478,7 @@ async def test_a_running_snapshot_never_holds_an_event_both_buffered_and_pending
     them completed the collection, whether the others' additions are taken back depends on
     the order the engine undoes them in (not the order they happened): the snapshot then
     keeps events whose delivery is also pending, and the resumed run collects one twice.
-    Strict xfail: once the engine is fixed this passes, and the marker must go."""
+    Fixed by putting every take back before removing any add (`RunState.without`)."""
     async with GATHER.start() as handler:
         await trio.sleep(0.5)
         await handler.pause()  # drains `fan`: three Parts wait for `gather`
