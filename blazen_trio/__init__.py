@@ -8,10 +8,12 @@ from ._broadcast import (
 from ._codec import WorkflowSnapshot as WorkflowSnapshot
 from ._context import Context as Context
 from ._errors import (
+    CheckpointStoreError as CheckpointStoreError,
     InputUnanswerable as InputUnanswerable,
     NoHandler as NoHandler,
     RunCrashed as RunCrashed,
     RunFinished as RunFinished,
+    RunSuspended as RunSuspended,
     SessionRefError as SessionRefError,
     SessionRefsNotSerializable as SessionRefsNotSerializable,
     SnapshotError as SnapshotError,
@@ -40,11 +42,14 @@ from ._events import (
 )
 from ._handler import RunStatistics as RunStatistics, WorkflowHandler as WorkflowHandler
 from ._records import (
+    CheckpointInfo as CheckpointInfo,
     EncodedEvent as EncodedEvent,
     HistoryEntry as HistoryEntry,
     HistoryKind as HistoryKind,
+    JournalRecord as JournalRecord,
     PendingEvent as PendingEvent,
     RefLifetime as RefLifetime,
+    RunInfo as RunInfo,
     RunStatus as RunStatus,
     SerializedRef as SerializedRef,
     SessionPausePolicy as SessionPausePolicy,
@@ -61,6 +66,10 @@ from ._refs import (
 )
 from ._retry import RetryPolicy as RetryPolicy
 from ._steps import StepSpec as StepSpec, step as step
+from ._stores import (
+    CheckpointStore as CheckpointStore,
+    MemoryCheckpointStore as MemoryCheckpointStore,
+)
 from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._workflow import (
     GraphEdge as GraphEdge,

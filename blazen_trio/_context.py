@@ -36,6 +36,8 @@ class StepAttempt(Protocol):
     @property
     def attempt(self) -> int: ...
     @property
+    def delivery(self) -> int: ...
+    @property
     def undo(self) -> UndoLog: ...
     def send(self, event: Event) -> None: ...
     def check_open(self, what: str) -> None: ...
@@ -68,6 +70,12 @@ class Context(metaclass=NoPublicConstructor):
     @property
     def step_name(self) -> str:
         return self._invocation.step_name
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt and re-run of this step invocation (after a pause, a
+        snapshot or a crash): key side effects by it to make them happen once."""
+        return f"{self._run.run_id}/{self._invocation.step_name}/{self._invocation.delivery}"
 
     @property
     def attempt(self) -> int:

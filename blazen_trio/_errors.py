@@ -134,6 +134,24 @@ class CheckpointStoreError(WorkflowError):
     """A checkpoint store cannot be read or written: corrupt, foreign, newer, unreachable."""
 
 
+class RunSuspended(WorkflowError):
+    """A durable run started by `Workflow.run` is waiting only for input: its process lets it go.
+
+    The run is kept in its checkpoint store as `waiting_for_input`; answer with
+    `await store.respond(run_id, request_id, response)` from any process, then
+    `await workflow.recover(store)` continues it.
+    """
+
+    def __init__(self, run_id: str, request_ids: list[str]) -> None:
+        self.run_id = run_id
+        self.request_ids = tuple(request_ids)
+        super().__init__(
+            f"run {run_id} is suspended, waiting for input request(s) "
+            f"{', '.join(map(repr, self.request_ids))}; answer with store.respond(...) and "
+            "continue it with workflow.recover(store)"
+        )
+
+
 class RunCrashed(WorkflowError):
     """Something escaped the run's own error handling; the original is the `__cause__`.
 

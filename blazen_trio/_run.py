@@ -14,6 +14,7 @@ import heapq
 import math
 import os
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,15 +25,18 @@ import attrs
 import trio
 
 from ._broadcast import Broadcast
-from ._capture import RestoredRun, Work, snapshot_of
-from ._codec import WorkflowSnapshot, builtin_event_problem
+from ._capture import RestoredRun, Work, change_fields, routed_fields, snapshot_of
+from ._codec import WorkflowSnapshot, builtin_event_problem, encode_event
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
+from ._durable import JournalWriter
 from ._errors import (
+    CheckpointStoreError,
     InputUnanswerable,
     NoHandler,
     RunCrashed,
     RunFinished,
+    RunSuspended,
     StepFailed,
     StepTimeout,
     UnknownInputRequest,
@@ -62,12 +66,14 @@ from ._records import (
     SessionPausePolicy,
     StepCommit,
     Usage,
+    UsageTotals,
     WorkflowResult,
 )
 from ._refs import SessionRefRegistry
 from ._retry import RetryPolicy
-from ._state import RunState, UndoLog
+from ._state import RunState, UndoLog, changes_of
 from ._steps import StepSpec
+from ._stores import CheckpointStore
 
 InputHandler = Callable[[InputRequestEvent], Awaitable[Any]]
 CommitObserver = Callable[[StepCommit], object]
@@ -155,6 +161,11 @@ class Invocation:
     def step_name(self) -> str:
         return self.slot.spec.name
 
+    @property
+    def delivery(self) -> int:
+        """The routing order of the consumed event: kept by snapshots and journals."""
+        return self.envelope.seq
+
     def send(self, event: Event) -> None:
         """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
         spec = self.slot.spec
@@ -176,7 +187,7 @@ class QueuedCommit:
     """A completed step's outputs, waiting behind a command in the inbox to keep the order."""
 
     invocation: Invocation
-    events: list[Event]
+    envelopes: list[Envelope]
 
 
 Message = Command | QueuedCommit
@@ -238,6 +249,15 @@ def only_exception(error: BaseException) -> BaseException:
     return found
 
 
+def _plus(totals: UsageTotals, usage: UsageEvent) -> UsageTotals:
+    return UsageTotals(
+        prompt_tokens=totals.prompt_tokens + usage.prompt_tokens,
+        completion_tokens=totals.completion_tokens + usage.completion_tokens,
+        total_tokens=totals.total_tokens + usage.total_tokens,
+        cost_usd=totals.cost_usd + usage.cost_usd,
+    )
+
+
 class _ActiveClock:
     """Active run time: stops while paused or only waiting for input; drives the timeout."""
 
@@ -273,7 +293,8 @@ _run_ids = random.Random()
 os.register_at_fork(after_in_child=_run_ids.seed)
 
 
-def _new_run_id() -> str:
+def new_run_id() -> str:
+    """A fresh random run id (a UUID 4)."""
     return str(uuid.UUID(int=_run_ids.getrandbits(128), version=4))
 
 
@@ -286,12 +307,17 @@ class Run:
         *,
         restored: RestoredRun | None = None,
         on_commit: CommitObserver | None = None,
-        held: bool,
+        store: CheckpointStore | None = None,
+        run_id: str | None = None,
+        start: Event | None = None,
     ) -> None:
         self.workflow = workflow
-        # False for `Workflow.run`: no one holds a handler, so only input_handler can answer.
-        self._held = held
-        self.run_id = restored.run_id if restored is not None else _new_run_id()
+        # True once `Workflow.start` hands out a handler: then a human can answer requests.
+        self.held = False
+        self._start = start
+        # A finished run attached to from its store: it ends at once with this.
+        self.stored_outcome: WorkflowResult | WorkflowError | None = None
+        self.run_id = restored.run_id if restored is not None else run_id or new_run_id()
         self.restored = restored is not None
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
@@ -330,6 +356,14 @@ class Run:
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
+        # A durable run writes each commit to its store before routing its outputs.
+        journal_seq = restored.journal_seq if restored is not None else 0
+        self._journal = JournalWriter(store, self.run_id, journal_seq) if store else None
+        self._journaled_history = 0  # sequence of the last history entry journaled
+        self._unjournaled_usage = UsageTotals()
+        self._abandoned = False  # cancelled from outside: the store keeps it running
+        self._stored_responses: list[InputResponseEvent] = []
+        self._journaling = 0  # durable routes waiting for their record
         if restored is not None:
             self._load(restored)
 
@@ -340,6 +374,8 @@ class Run:
         self.cost_usd = restored.cost_usd
         if self.history is not None:
             self.history = History.restore(restored.history, self.workflow.history_limit)
+        self._journaled_history = restored.history[-1].sequence if restored.history else 0
+        self._stored_responses = list(restored.responses)
         self._refs = restored.refs
         slots = {slot.spec.name: slot for slot in self.slots}
         # Deliveries keep their routing order (a journal names them by it); snapshots that
@@ -382,6 +418,8 @@ class Run:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.clock.start(nursery.cancel_scope)
+                if self._journal is not None:
+                    nursery.start_soon(self._journal.serve)
                 first_work()
                 await self._ended.wait()
         except BaseException as escaped:
@@ -394,6 +432,9 @@ class Run:
                 raise rest from None
         finally:
             self._settle()
+            if self._journal is not None:
+                await self._close_journal(self._journal)
+            self.finished.set()
 
     async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
         """`drive`, as a task of the starter's nursery (for `Workflow.start`).
@@ -402,30 +443,145 @@ class Run:
         """
         await self.drive(task_status.started)
 
-    def begin(self, first: Event) -> None:
-        """Route the start event; its steps run at the starter's next checkpoint."""
-        self._record(HistoryKind.RUN_STARTED)
-        self.spawn(self._route([first], source=None))
+    def begin_as_opened(self) -> None:
+        """Start the run's work: route the start event, go on with restored work, or end with
+        a stored outcome. Its steps run at the starter's next checkpoint."""
+        if self.stored_outcome is not None:
+            self._finish_stored(self.stored_outcome)
+        elif self.restored:
+            self._begin_restored()
+        else:
+            assert self._start is not None
+            self._record(HistoryKind.RUN_STARTED)
+            self._route_new([self._start], None)
 
-    def begin_restored(self) -> None:
+    def _finish_stored(self, outcome: WorkflowResult | WorkflowError) -> None:
+        if isinstance(outcome, WorkflowResult):
+            self.outcome = outcome
+            self.status = RunStatus.COMPLETED
+            self._ended.set()
+            self.broadcast.close()
+        else:
+            self._finish(outcome, RunStatus.FAILED)
+
+    def _begin_restored(self) -> None:
         """Start the work of a run built from a snapshot."""
         self._record(HistoryKind.RUN_RESUMED)
         for request_id in self.input_requests:
             self._check_answerable(request_id)
+        answers, self._stored_responses = self._stored_responses, []
+        if answers:  # recorded by `store.respond` while no process held the run
+            self._route_new(answers, HUMAN_INPUT, responses_routed=True)
         self.restart()
+
+    def _route_new(self, events: Sequence[Event], source: str | None, **fields: Any) -> None:
+        """Route events that no step committed (the start event, answers): a durable run
+        journals them first, in a task of its own."""
+        envelopes = self._envelopes(events, source)
+        if self._journal is None:
+            self.spawn(self._route(envelopes))
+        else:
+            assert self._nursery is not None
+            self._journaling += 1  # work on its way: the run is not idle
+            self._nursery.start_soon(self._route_durably, self._journal, envelopes, fields)
+
+    async def _route_durably(
+        self, journal: JournalWriter, envelopes: list[Envelope], fields: dict[str, Any]
+    ) -> None:
+        source = envelopes[0].source if envelopes else None
+        written = await self._write(journal, **self._routed_fields(envelopes, source), **fields)
+        self._journaling -= 1
+        if written:
+            self.spawn(self._route(envelopes))
+        self._went_quiet()
+
+    # -- the journal of a durable run ----------------------------------------------------
+
+    async def _journal_commit(
+        self, journal: JournalWriter, invocation: Invocation, envelopes: list[Envelope]
+    ) -> bool:
+        """Write the commit's record; False (the run failed) if it cannot be made durable."""
+        spec = invocation.slot.spec
+        try:
+            fields = change_fields(
+                changes_of(invocation.undo), self.refs, self.workflow.session_pause_policy
+            )
+        except WorkflowError as error:  # a value or a ref that cannot be stored
+            self.fail(error)
+            return False
+        return await self._write(
+            journal,
+            step=spec.name,
+            consumed=invocation.delivery,
+            attempt=invocation.attempt,
+            **self._routed_fields(envelopes, spec.name),
+            **fields,
+        )
+
+    async def _write(self, journal: JournalWriter, **fields: Any) -> bool:
+        """Journal a record and wait until it is durable; False (the run failed) if not."""
+        try:
+            await journal.write(time.time(), **fields, **self._since_last_record())
+        except CheckpointStoreError as error:
+            self.fail(error)
+            return False
+        return True
+
+    def _routed_fields(self, envelopes: list[Envelope], source: str | None) -> dict[str, Any]:
+        routed = routed_fields(((e.event, e.seq) for e in envelopes), source, self._target_names)
+        fields: dict[str, Any] = {"routed": routed.routed, "requests": routed.requests}
+        if routed.result is not None:
+            fields.update(result=routed.result, status=RunStatus.COMPLETED)
+        return fields
+
+    def _target_names(self, event_type: type[Event]) -> list[str]:
+        return [self.slots[index].spec.name for index in self.workflow.targets(event_type)]
+
+    def _since_last_record(self) -> dict[str, Any]:
+        """History and usage not journaled yet, and the active time so far."""
+        fields: dict[str, Any] = {"active_time": self.clock.used}
+        if self.history is not None:
+            entries = [e for e in self.history.entries if e.sequence > self._journaled_history]
+            if entries:
+                fields["history"] = entries
+                self._journaled_history = entries[-1].sequence
+        if self._unjournaled_usage != UsageTotals():
+            fields["usage"], self._unjournaled_usage = self._unjournaled_usage, UsageTotals()
+        return fields
+
+    def _journal_status(self, status: RunStatus) -> None:
+        """Record a change of status (paused, waiting for input, running again)."""
+        if self._journal is not None and self.outcome is None:
+            self._journal.add(time.time(), status=status, **self._since_last_record())
+
+    async def _close_journal(self, journal: JournalWriter) -> None:
+        """Record how the run ended (a completed run's last commit already says so)."""
+        outcome = self.outcome
+        if isinstance(outcome, RunSuspended):
+            journal.add(
+                time.time(), status=RunStatus.WAITING_FOR_INPUT, **self._since_last_record()
+            )
+        elif isinstance(outcome, WorkflowError) and not self._abandoned:
+            journal.add(
+                time.time(),
+                status=self.status,
+                error=f"{type(outcome).__name__}: {outcome}",
+                **self._since_last_record(),
+            )
+        await journal.drain()
 
     def _settle(self) -> None:
         if self.outcome is None:
             if self._nursery is not None and self._nursery.cancel_scope.cancelled_caught:
                 self._finish(WorkflowTimeout(self.workflow.timeout or 0.0), RunStatus.FAILED)
-            else:
+            else:  # cancelled from outside the run: a durable run stays in its store
+                self._abandoned = True
                 self._finish(WorkflowAborted(f"run {self.run_id} was cancelled"), RunStatus.ABORTED)
         if isinstance(self.outcome, WorkflowError):
             for note in self._end_notes:
                 self.outcome.add_note(note)
         if self._inbox_send is not None:
             self._inbox_send.close()
-        self.finished.set()
 
     def _post(self, message: Message) -> None:
         """Queue a message for the inbox task, starting it with the first message."""
@@ -443,9 +599,9 @@ class Run:
             async for message in inbox:
                 self._inbox_backlog -= 1
                 if isinstance(message, QueuedCommit):
-                    self.spawn(self.commit(message.invocation, message.events))
+                    self.spawn(self.commit(message.invocation, message.envelopes))
                 else:
-                    self._apply(message)
+                    await self._apply(message)
                 # Whatever the order of commands and commits, the last one re-checks.
                 self._went_quiet()
         finally:  # the run ended: what is still queued gets its answer
@@ -458,7 +614,7 @@ class Run:
                 if not isinstance(message, QueuedCommit):
                     message.reply.fail(ended)
 
-    def _apply(self, command: Command) -> None:
+    async def _apply(self, command: Command) -> None:
         """Carry out one command; its failure, whatever it is, answers its caller."""
         try:
             match command:
@@ -470,7 +626,7 @@ class Run:
                 case TakeSnapshot(reply=snapshot_reply):
                     snapshot_reply.set(self.capture())
                 case RespondToInput(request_id=request_id, response=response, reply=reply):
-                    self.respond_to_input(request_id, response)
+                    await self.respond_to_input(request_id, response)
                     reply.set(None)
         except Exception as error:  # a WorkflowError, or a warning turned into an error
             command.reply.fail(error)
@@ -532,7 +688,12 @@ class Run:
                     return None
                 if self._observed:
                     self._step_completed(invocation, started)
-                return self._complete(invocation, events)
+                envelopes = self._envelopes(events, spec.name)
+                if self._journal is not None and not await self._journal_commit(
+                    self._journal, invocation, envelopes
+                ):
+                    return None
+                return self._complete(invocation, envelopes)
             if self._observed:
                 self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
@@ -543,6 +704,14 @@ class Run:
                 return None
             invocation.attempt += 1
             self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt)
+            if self._journal is not None:  # so a recovered run keeps counting attempts
+                self._journal.add(
+                    time.time(),
+                    step=spec.name,
+                    retried=invocation.delivery,
+                    attempt=invocation.attempt,
+                    **self._since_last_record(),
+                )
             await trio.sleep(policy.delay_before(invocation.attempt))
 
     async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
@@ -590,13 +759,13 @@ class Run:
         self._record(HistoryKind.STEP_CANCELLED, step=where, detail=text)
         await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
 
-    def _complete(self, invocation: Invocation, events: list[Event]) -> Invocation | None:
+    def _complete(self, invocation: Invocation, envelopes: list[Envelope]) -> Invocation | None:
         """Commit the outputs of a finished step; returns the worker's next invocation."""
         invocation.closed = True
         if self._inbox_backlog:
-            self._post(QueuedCommit(invocation, events))
+            self._post(QueuedCommit(invocation, envelopes))
             return None
-        ready = self.commit(invocation, events)
+        ready = self.commit(invocation, envelopes)
         if not ready:
             return None
         self.spawn(ready[1:])
@@ -618,11 +787,17 @@ class Run:
             if not spec.may_emit(type(event)):
                 self.fail(_undeclared(spec, event, "returned"))
                 return None
-        return [*invocation.sent, *returned]
+        events = [*invocation.sent, *returned]
+        for event in events:
+            problem = builtin_event_problem(event) if type(event) is InputRequestEvent else None
+            if problem is not None:
+                self.fail(StepFailed(spec.name, f"invalid input request: {problem}"))
+                return None
+        return events
 
     # -- routing -------------------------------------------------------------------------
 
-    def commit(self, invocation: Invocation, events: list[Event]) -> list[Invocation]:
+    def commit(self, invocation: Invocation, envelopes: list[Envelope]) -> list[Invocation]:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
         self.in_flight.discard(invocation)
         self.state.settle(invocation.undo)
@@ -633,35 +808,40 @@ class Run:
                     self.run_id,
                     invocation.slot.spec.name,
                     invocation.envelope.event,
-                    tuple(events),
+                    tuple(envelope.event for envelope in envelopes),
                     invocation.attempt,
                 )
             )
-        ready = self._route(events, invocation.slot.spec.name)
+        ready = self._route(envelopes)
         ready.extend(self._release(invocation))
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready
 
-    def _route(self, events: Iterable[Event], source: str | None) -> list[Invocation]:
-        ready: list[Invocation] = []
+    def _envelopes(self, events: Iterable[Event], source: str | None) -> list[Envelope]:
+        """Give emitted events their routing order, up to the first StopEvent (which wins)."""
+        envelopes = []
         for event in events:
+            envelopes.append(self._envelope(event, source))
+            if isinstance(event, StopEvent):
+                break
+        return envelopes
+
+    def _route(self, envelopes: Iterable[Envelope]) -> list[Invocation]:
+        ready: list[Invocation] = []
+        for envelope in envelopes:
             if self.outcome is not None:
                 break
-            envelope = self._envelope(event, source)
+            event = envelope.event
             if isinstance(event, StopEvent):
                 self._finish(event, RunStatus.COMPLETED)
                 break
             if isinstance(event, InputRequestEvent):
-                problem = builtin_event_problem(event)
-                if problem is not None:
-                    self.fail(StepFailed(source or "start", f"invalid input request: {problem}"))
-                    break
                 self._request_input(envelope)
                 continue
             targets = self.workflow.targets(type(event))
             if not targets:
-                self.fail(NoHandler(event_type_id(event), source))
+                self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
             for index in targets:
                 invocation = Invocation(self.slots[index], envelope)
@@ -754,15 +934,25 @@ class Run:
             if self._answering:
                 return  # inline handler calls are still unwinding from their cancellation
             self.clock.stop()  # quiescent: draining was active time, the pause is not
+            if self._pause_replies:
+                self._journal_status(RunStatus.PAUSED)
             for reply in self._pause_replies:
                 reply.set(None)
             self._pause_replies.clear()
             return
-        if self._queued or self._inbox_backlog:
+        if self._queued or self._inbox_backlog or self._journaling:
             return  # work is waiting, or a command queued behind will check again
         if self.input_requests:
-            self.status = RunStatus.WAITING_FOR_INPUT
             self.clock.stop()
+            if self._journal is not None and not self.held and not self.workflow.input_handler:
+                self._finish(
+                    RunSuspended(self.run_id, list(self.input_requests)),
+                    RunStatus.WAITING_FOR_INPUT,
+                )
+                return
+            if self.status is not RunStatus.WAITING_FOR_INPUT:
+                self.status = RunStatus.WAITING_FOR_INPUT
+                self._journal_status(self.status)
             return
         if self._answering:
             return  # a moot inline answer is unwinding; it checks again when it has
@@ -777,6 +967,7 @@ class Run:
         """Work arrived for a run that was waiting for input."""
         if self.status is RunStatus.WAITING_FOR_INPUT:
             self.status = RunStatus.RUNNING
+            self._journal_status(self.status)
             self.clock.start()
 
     # -- control -------------------------------------------------------------------------
@@ -804,6 +995,7 @@ class Run:
         self.status = RunStatus.RUNNING
         self.clock.start()
         self._record(HistoryKind.RESUMED)
+        self._journal_status(self.status)
         for reply in self._pause_replies:
             reply.fail(RunFinished("the run was resumed before it was quiescent"))
         self._pause_replies.clear()
@@ -867,7 +1059,7 @@ class Run:
 
     def _check_answerable(self, request_id: str) -> None:
         """Fail at once rather than wait for an answer that no one can give."""
-        if not self._held and self.workflow.input_handler is None:
+        if not self.held and self.workflow.input_handler is None and self._journal is None:
             self.fail(InputUnanswerable(request_id))
 
     def _answer_inline(self, envelope: Envelope) -> None:
@@ -904,20 +1096,33 @@ class Run:
                 self._answer_inline(envelope)  # resumed while this call was unwinding
             self._went_quiet()
         else:
-            self.respond_to_input(request.request_id, response, source=INPUT_HANDLER)
+            await self.respond_to_input(request.request_id, response, source=INPUT_HANDLER)
 
-    def respond_to_input(self, request_id: str, response: Any, source: str = HUMAN_INPUT) -> None:
-        """Route the answer to an outstanding request (`RespondToInput` command)."""
+    async def respond_to_input(
+        self, request_id: str, response: Any, source: str = HUMAN_INPUT
+    ) -> None:
+        """Route the answer to an outstanding request (`RespondToInput` command).
+
+        A durable run journals the answer first; an answer it cannot store (`SnapshotError`)
+        changes nothing.
+        """
         if request_id not in self.input_requests:
             raise UnknownInputRequest(request_id)
+        answer = InputResponseEvent(request_id=request_id, response=response)
+        if self._journal is not None:
+            encode_event(answer)  # SnapshotError now, before anything changed
         del self.input_requests[request_id]
         asking = self._answering.pop(request_id, None)
         if asking is not None:
             asking.cancel(reason="a human answered first")
         self._record(HistoryKind.INPUT_RECEIVED, detail=request_id)
         self._wake()
-        reply = InputResponseEvent(request_id=request_id, response=response)
-        self.spawn(self._route([reply], source=source))
+        envelopes = self._envelopes([answer], source)
+        if self._journal is not None and not await self._write(
+            self._journal, answered=request_id, **self._routed_fields(envelopes, source)
+        ):
+            return
+        self.spawn(self._route(envelopes))
         self._went_quiet()
 
     # -- stream, usage, lifecycle and history -------------------------------------------
@@ -936,6 +1141,8 @@ class Run:
             raise ValueError(f"emit_usage: {problem}")
         self.usage = totals
         self.cost_usd += usage.cost_usd
+        if self._journal is not None:
+            self._unjournaled_usage = _plus(self._unjournaled_usage, usage)
         self.publish(usage)
 
     def _record(self, kind: HistoryKind, **fields: Any) -> None:

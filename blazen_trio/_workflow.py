@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import inspect
 import re
 from collections import Counter
@@ -10,18 +12,27 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, final
 
 import attrs
+import msgspec
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
-from ._capture import read_snapshot
+from ._capture import RestoredRun, read_snapshot
 from ._checks import is_count, is_optional_duration
 from ._codec import (
     WorkflowSnapshot,
     check_workflow_name,
+    decode_event,
     known_event_types,
     unportable_event_ids,
 )
-from ._errors import SnapshotError, ValidationError
+from ._errors import (
+    CheckpointStoreError,
+    RunFinished,
+    RunSuspended,
+    SnapshotError,
+    ValidationError,
+    WorkflowError,
+)
 from ._events import (
     STREAM_ONLY_EVENTS,
     Event,
@@ -33,10 +44,11 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._records import SessionPausePolicy, WorkflowResult
+from ._records import RunStatus, SessionPausePolicy, Usage, UsageTotals, WorkflowResult
 from ._retry import RetryPolicy
-from ._run import CommitObserver, InputHandler, Run, only_exception
+from ._run import CommitObserver, InputHandler, Run, new_run_id, only_exception
 from ._steps import StepSpec
+from ._stores import FINISHED, CheckpointStore
 
 # Emitted for the caller or the stream, not for a step: no step needs to accept these.
 _NEEDS_NO_ACCEPTOR: tuple[type[Event], ...] = (StopEvent, InputRequestEvent, *STREAM_ONLY_EVENTS)
@@ -106,8 +118,10 @@ def _check_options(
     return problems
 
 
-def _check_handlers(input_handler: object, policy: object) -> list[str]:
+def _check_handlers(input_handler: object, policy: object, store: object) -> list[str]:
     problems = []
+    if store is not None and not isinstance(store, CheckpointStore):
+        problems.append(f"checkpoint_store must be a CheckpointStore or None, got {store!r}")
     if input_handler is not None and not inspect.iscoroutinefunction(input_handler):
         problems.append(f"input_handler must be an async function, got {input_handler!r}")
     if policy not in set(SessionPausePolicy):
@@ -262,6 +276,41 @@ def _with_subclasses(types: Iterable[type[Event]]) -> set[type[Event]]:
     return found
 
 
+def _start_event(input: Any) -> Event:
+    return input if isinstance(input, Event) else StartEvent(data=input)
+
+
+def _empty_snapshot(workflow_name: str, run_id: str) -> WorkflowSnapshot:
+    """A new durable run's base in its store: nothing yet (its first record routes the start)."""
+    return WorkflowSnapshot(
+        workflow_name=workflow_name,
+        run_id=run_id,
+        created_at=datetime.datetime.now(datetime.UTC),
+        status=RunStatus.RUNNING,
+        state={},
+        pending_events=[],
+        collect_buffers={},
+        input_requests=[],
+        usage=UsageTotals(),
+        history=[],
+        metadata={},
+        session_refs={},
+    )
+
+
+async def _adopt(store: CheckpointStore, snapshot: WorkflowSnapshot) -> None:
+    """Make `snapshot` the store's run to go on with; refused if the store is further along."""
+    stored = await store.load(snapshot.run_id)
+    if stored is None:
+        await store.save(snapshot)
+    elif stored.journal_seq != snapshot.journal_seq:
+        raise SnapshotError(
+            f"run {snapshot.run_id!r} is at journal record {stored.journal_seq} in the store and "
+            f"this snapshot at {snapshot.journal_seq}: resume `await store.load(run_id)`, or "
+            "pass fork=True to go on from this one under a new run id"
+        )
+
+
 def _mermaid_id(prefix: str, index: int) -> str:
     return f"{prefix}{index}"
 
@@ -283,6 +332,7 @@ class Workflow:
         retry: RetryPolicy | None = None,
         input_handler: InputHandler | None = None,
         session_pause_policy: SessionPausePolicy = SessionPausePolicy.PICKLE_OR_ERROR,
+        checkpoint_store: CheckpointStore | None = None,
         history: bool = False,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         publish_lifecycle: bool = False,
@@ -292,7 +342,7 @@ class Workflow:
         specs, problems = _read_steps(steps)
         problems = [
             *_check_options(name, timeout, retry, history_limit, stream_replay),
-            *_check_handlers(input_handler, session_pause_policy),
+            *_check_handlers(input_handler, session_pause_policy, checkpoint_store),
             *problems,
         ]
         if not specs and not problems:
@@ -311,6 +361,7 @@ class Workflow:
         self.history_limit = history_limit
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
+        self.checkpoint_store = checkpoint_store
         self._targets: dict[type[Event], tuple[int, ...]] = {}
         self._declared = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
         self._unportable = unportable_event_ids(self._declared)
@@ -355,18 +406,28 @@ class Workflow:
         input: Any = None,
         *,
         resume: WorkflowSnapshot | None = None,
+        run_id: str | None = None,
+        fork: bool = False,
         on_commit: CommitObserver | None = None,
     ) -> WorkflowResult:
         """Run to completion; raise the run's `WorkflowError` if it fails.
 
         `input` is the start event if it is an Event, else wrapped as `StartEvent(data=input)`.
-        `resume=snapshot` goes on with a snapshotted run instead (same workflow name).
-        `on_commit(commit)` is called with each `StepCommit`, in the Trio thread, right after
-        the step's commit and before its outputs are routed; if it raises, the run fails with
-        `RunCrashed`.
+        `resume=snapshot` goes on with a snapshotted run instead (same workflow name);
+        `fork=True` goes on under a new run id (`run_id`, or a fresh one), leaving the
+        original alone. `on_commit(commit)` is called with each `StepCommit`, in the Trio
+        thread, right after the step's commit and before its outputs are routed; if it
+        raises, the run fails with `RunCrashed`.
+
+        With `Workflow(checkpoint_store=store)` the run is durable: each commit is in the store
+        before its outputs are routed. `run_id` names it; if the store already has a run of
+        that id, this attaches to it instead of starting another: a completed run's result is
+        returned, a failed or aborted one raises `RunFinished`, an unfinished one goes on here.
+        A durable run left waiting only for input raises `RunSuspended`: answer it with
+        `store.respond(...)` and continue it with `recover`.
         """
-        run = self._new_run(input, resume, on_commit, held=False)
-        await run.drive(lambda: self._first_work(run, input))
+        run = await self._open(input, resume, run_id, fork, on_commit, self.checkpoint_store)
+        await run.drive(lambda: run.begin_as_opened())
         return run.unwrap()
 
     @asynccontextmanager
@@ -375,19 +436,28 @@ class Workflow:
         input: Any = None,
         *,
         resume: WorkflowSnapshot | None = None,
+        run_id: str | None = None,
+        fork: bool = False,
         on_commit: CommitObserver | None = None,
     ) -> AsyncIterator[WorkflowHandler]:
         """Start (or resume) a run in a nursery owned by the block; as `run` otherwise.
 
         Leaving the block while the run is still going aborts it; nothing outlives the block.
+        A durable run waiting for input stays here, where the handler can answer it.
         """
-        run = self._new_run(input, resume, on_commit, held=True)
+        run = await self._open(input, resume, run_id, fork, on_commit, self.checkpoint_store)
+        async with self._hold(run) as handler:
+            yield handler
+
+    @asynccontextmanager
+    async def _hold(self, run: Run) -> AsyncIterator[WorkflowHandler]:
+        run.held = True
         escaping: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(run.main)
                 try:
-                    self._first_work(run, input)
+                    run.begin_as_opened()
                     yield WorkflowHandler._create(run)
                 except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
                     escaping = exc
@@ -397,35 +467,155 @@ class Workflow:
         if escaping is not None:
             raise escaping
 
-    def _new_run(
+    async def recover(
+        self, store: CheckpointStore | None = None
+    ) -> dict[str, WorkflowResult | WorkflowError]:
+        """Go on with every unfinished run of this workflow in `store`, concurrently.
+
+        `store` defaults to the workflow's `checkpoint_store`. Returns once each run has
+        finished or is suspended again, mapping run ids to a `WorkflowResult` or the run's
+        `WorkflowError` (`RunSuspended` for a run still waiting for input). Only the steps
+        that were in flight when the runs stopped run again. Paused runs are left alone:
+        resume one with `run(resume=await store.load(run_id))`.
+        """
+        durable = self._store_for_recovery(store)
+        outcomes: dict[str, WorkflowResult | WorkflowError] = {}
+
+        async def go_on(snapshot: WorkflowSnapshot) -> None:
+            if snapshot.status is RunStatus.WAITING_FOR_INPUT and not snapshot.input_responses:
+                requests = [str(item.payload.get("request_id")) for item in snapshot.input_requests]
+                outcomes[snapshot.run_id] = RunSuspended(snapshot.run_id, requests)
+                return
+            try:
+                run = await self._open(None, snapshot, None, False, None, durable)
+                await run.drive(lambda: run.begin_as_opened())
+                outcomes[snapshot.run_id] = run.unwrap()
+            except WorkflowError as error:
+                outcomes[snapshot.run_id] = error
+
+        async with trio.open_nursery() as nursery:
+            for snapshot in await self._recoverable(durable):
+                nursery.start_soon(go_on, snapshot)
+        return outcomes
+
+    @asynccontextmanager
+    async def open_recovery(
+        self, store: CheckpointStore | None = None
+    ) -> AsyncIterator[dict[str, WorkflowHandler]]:
+        """`recover`, with a handler per run going on (run id -> handler) for the block.
+
+        Leaving the block aborts the runs still going, as leaving `start` does.
+        """
+        durable = self._store_for_recovery(store)
+        async with contextlib.AsyncExitStack() as stack:
+            handlers = {}
+            for snapshot in await self._recoverable(durable):
+                run = await self._open(None, snapshot, None, False, None, durable)
+                handlers[run.run_id] = await stack.enter_async_context(self._hold(run))
+            yield handlers
+
+    def _store_for_recovery(self, store: CheckpointStore | None) -> CheckpointStore:
+        durable = store if store is not None else self.checkpoint_store
+        if not isinstance(durable, CheckpointStore):
+            raise TypeError(
+                f"recover needs a CheckpointStore (or Workflow(checkpoint_store=...)), "
+                f"got {durable!r}"
+            )
+        return durable
+
+    async def _recoverable(self, store: CheckpointStore) -> list[WorkflowSnapshot]:
+        unfinished = (RunStatus.RUNNING, RunStatus.WAITING_FOR_INPUT)
+        snapshots = []
+        for info in await store.list(workflow=self.name, status=unfinished):
+            snapshot = await store.load(info.run_id)
+            if snapshot is not None:
+                snapshots.append(snapshot)
+        return snapshots
+
+    async def _open(
         self,
         input: Any,
         resume: WorkflowSnapshot | None,
+        run_id: str | None,
+        fork: bool,
         on_commit: CommitObserver | None,
-        *,
-        held: bool,
+        store: CheckpointStore | None,
     ) -> Run:
-        """`held`: a handler is handed out (`start`), so a human can answer input requests."""
+        """The run a `run` / `start` call asks for: new, resumed, forked or attached."""
         if on_commit is not None and not callable(on_commit):
             raise TypeError(f"on_commit must be callable, got {on_commit!r}")
-        if resume is None:
-            return Run(self, on_commit=on_commit, held=held)
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise TypeError(f"run_id must be a non-empty str, got {run_id!r}")
+        if resume is not None:
+            return await self._resumed(input, resume, run_id, fork, on_commit, store)
+        if fork:
+            raise TypeError("fork=True forks a snapshot: pass resume= too")
+        if store is not None and run_id is not None:
+            existing = await store.load(run_id)
+            if existing is not None:
+                return self._attached(existing, on_commit, store)
+        run = Run(self, on_commit=on_commit, store=store, run_id=run_id, start=_start_event(input))
+        if store is not None:
+            await store.save(_empty_snapshot(self.name, run.run_id))
+        return run
+
+    async def _resumed(
+        self,
+        input: Any,
+        resume: WorkflowSnapshot,
+        run_id: str | None,
+        fork: bool,
+        on_commit: CommitObserver | None,
+        store: CheckpointStore | None,
+    ) -> Run:
         if input is not None:
             raise TypeError("pass either input or resume=, not both")
         if not isinstance(resume, WorkflowSnapshot):
             raise SnapshotError(f"resume= takes a WorkflowSnapshot, got {type(resume).__name__}")
         check_workflow_name(resume, self.name)
-        accepts = {spec.name: spec.accepts for spec in self.steps}
-        known = known_event_types(_with_subclasses(self._declared))
-        restored = read_snapshot(resume, accepts, known)
-        return Run(self, restored=restored, on_commit=on_commit, held=held)
+        if fork:
+            resume = msgspec.structs.replace(resume, run_id=run_id or new_run_id(), journal_seq=0)
+        elif run_id is not None and run_id != resume.run_id:
+            raise TypeError("run_id= names a new run: pass fork=True to go on under another id")
+        if store is not None:
+            await _adopt(store, resume)
+        return Run(self, restored=self._read(resume), on_commit=on_commit, store=store)
 
-    @staticmethod
-    def _first_work(run: Run, input: Any) -> None:
-        if run.restored:
-            run.begin_restored()
-        else:
-            run.begin(input if isinstance(input, Event) else StartEvent(data=input))
+    def _attached(
+        self, stored: WorkflowSnapshot, on_commit: CommitObserver | None, store: CheckpointStore
+    ) -> Run:
+        if stored.workflow_name != self.name:
+            raise CheckpointStoreError(
+                f"run id {stored.run_id!r} is taken by a run of workflow {stored.workflow_name!r}"
+            )
+        if stored.status not in FINISHED:
+            return Run(self, restored=self._read(stored), on_commit=on_commit, store=store)
+        run = Run(self, run_id=stored.run_id)
+        run.stored_outcome = self._stored_outcome(stored)
+        return run
+
+    def _read(self, snapshot: WorkflowSnapshot) -> RestoredRun:
+        accepts = {spec.name: spec.accepts for spec in self.steps}
+        return read_snapshot(snapshot, accepts, self._known())
+
+    def _known(self) -> dict[str, type[Event]]:
+        return known_event_types(_with_subclasses(self._declared))
+
+    def _stored_outcome(self, stored: WorkflowSnapshot) -> WorkflowResult | WorkflowError:
+        """What a finished stored run ended with."""
+        if stored.status is RunStatus.COMPLETED and stored.result is not None:
+            stop = decode_event(stored.result, self._known())
+            assert isinstance(stop, StopEvent)
+            usage = stored.usage
+            return WorkflowResult(
+                stop.result,
+                stop,
+                stored.run_id,
+                Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+                usage.cost_usd,
+                tuple(stored.history) if self.history else None,
+            )
+        return RunFinished(f"run {stored.run_id} already ended ({stored.status}): {stored.error}")
 
     # -- the graph -----------------------------------------------------------------------
 
