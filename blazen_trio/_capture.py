@@ -21,7 +21,7 @@ from ._codec import (
     encode_value,
 )
 from ._errors import SnapshotError
-from ._events import Event, InputRequestEvent, InputResponseEvent, StopEvent
+from ._events import DynamicEvent, Event, InputRequestEvent, InputResponseEvent, StopEvent
 from ._records import (
     BufferOp,
     EncodedEvent,
@@ -30,6 +30,7 @@ from ._records import (
     RunStatus,
     SerializedRef,
     SessionPausePolicy,
+    StepShape,
     Usage,
     UsageTotals,
 )
@@ -131,6 +132,7 @@ def snapshot_of(
     history: Iterable[HistoryEntry],
     refs: tuple[dict[str, SerializedRef], dict[str, Any]],
     active_time: float,
+    fingerprint: dict[str, StepShape],
 ) -> WorkflowSnapshot:
     """Encode a run's parts; `state` must already have in-flight effects taken back."""
     session_refs, metadata = refs
@@ -166,20 +168,81 @@ def snapshot_of(
         metadata=metadata,
         session_refs=session_refs,
         active_time=active_time,
+        fingerprint=fingerprint,
     )
+
+
+def fingerprint_of(
+    steps: Iterable[tuple[str, Iterable[str], Iterable[str]]],
+) -> dict[str, StepShape]:
+    """A workflow's fingerprint from (step name, accepted type ids, emitted type ids)."""
+    return {
+        name: StepShape(accepts=sorted(accepts), emits=sorted(emits))
+        for name, accepts, emits in steps
+    }
+
+
+def _fit_problems(
+    snapshot: WorkflowSnapshot,
+    accepts: Mapping[str, tuple[type[Event], ...]],
+    known: Mapping[str, type[Event]],
+    fingerprint: Mapping[str, StepShape],
+) -> list[str]:
+    """Every way the snapshot's work does not fit the resuming definition of its workflow.
+
+    Work waiting for a step that is gone, or of a type its step does not accept, would be
+    stranded or misrouted. New steps, new types, a gone step with no work: all compatible.
+    """
+    waiting: dict[str, set[str]] = {step: set() for step in snapshot.collect_buffers}
+    for item in snapshot.pending_events:
+        waiting.setdefault(item.target_step or "", set()).add(item.event.type_id)
+    problems = []
+    for step, type_ids in sorted(waiting.items()):
+        if step not in accepts:
+            problems.append(f"step {step!r}, which has work waiting, is gone")
+            continue
+        refused = sorted(
+            type_id
+            for type_id in type_ids
+            if not issubclass(known.get(type_id, DynamicEvent), accepts[step])
+        )
+        if refused:
+            problems.append(
+                f"step {step!r} does not accept {', '.join(refused)}, waiting for it"
+                + _was(snapshot.fingerprint, fingerprint, step)
+            )
+    return problems
+
+
+def _was(
+    taken: Mapping[str, StepShape] | None, resuming: Mapping[str, StepShape], step: str
+) -> str:
+    before = (taken or {}).get(step)
+    now = resuming.get(step)
+    if before is None or now is None:
+        return ""
+    return f" (it accepted {before.accepts} when the snapshot was taken, now {now.accepts})"
 
 
 def read_snapshot(
     snapshot: WorkflowSnapshot,
     accepts: Mapping[str, tuple[type[Event], ...]],
     known: Mapping[str, type[Event]],
+    fingerprint: Mapping[str, StepShape],
 ) -> RestoredRun:
     """Decode `snapshot` for a workflow whose steps accept these event types.
 
     Every pending event, collect buffer and input request is checked against the workflow, so
-    a tampered snapshot is refused instead of reaching a step. Raises `SnapshotError` naming
-    what does not fit (a session ref that cannot be restored included, chained to its cause).
+    a tampered snapshot, or one taken under an incompatible definition, is refused instead of
+    reaching a step. Raises `SnapshotError` listing what does not fit (a session ref that
+    cannot be restored included, chained to its cause).
     """
+    problems = _fit_problems(snapshot, accepts, known, fingerprint)
+    if problems:
+        raise SnapshotError(
+            f"snapshot of run {snapshot.run_id!r} does not fit workflow "
+            f"{snapshot.workflow_name!r} as defined here: {'; '.join(problems)}"
+        )
     try:
         return _read(snapshot, accepts, known)
     except SnapshotError:
@@ -217,14 +280,9 @@ def _pending(
 ) -> list[Work]:
     pending = []
     for index, item in enumerate(snapshot.pending_events):
-        step = item.target_step
-        if step is None or step not in accepts:
-            raise SnapshotError(
-                f"snapshot has work for step {step!r}, "
-                f"which workflow {snapshot.workflow_name!r} does not have"
-            )
+        step = item.target_step or ""
         event = decode_event(item.event, known)
-        if not isinstance(event, accepts[step]):
+        if not isinstance(event, accepts[step]):  # a class whose type id lies
             raise SnapshotError(
                 f"snapshot pending_events[{index}] gives step {step!r} an event of type "
                 f"{item.event.type_id!r}, which the step does not accept"
@@ -240,11 +298,6 @@ def _buffers(
 ) -> dict[str, list[Event]]:
     buffers: dict[str, list[Event]] = {}
     for step, buffer in snapshot.collect_buffers.items():
-        if step not in accepts:
-            raise SnapshotError(
-                f"snapshot has a collect buffer for step {step!r}, "
-                f"which workflow {snapshot.workflow_name!r} does not have"
-            )
         # Unknown types stay DynamicEvents: a step may collect what it cannot type yet.
         buffers[step] = [decode_event(item, known) for item in buffer]
     return buffers

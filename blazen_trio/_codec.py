@@ -64,6 +64,7 @@ from ._records import (
     RunStatus,
     SerializedRef,
     SessionRef,
+    StepShape,
     UsageTotals,
 )
 
@@ -835,6 +836,8 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """What a failed or aborted run ended with (as a store keeps finished runs)."""
     input_responses: list[EncodedEvent] = []
     """Answers recorded by `store.respond` while no process held the run; routed on resume."""
+    fingerprint: dict[str, StepShape] | None = None
+    """The workflow's steps when the snapshot was taken: what each accepts and emits."""
 
     def __post_init__(self) -> None:
         # Decoding checks structure only: the values are checked when they are decoded on

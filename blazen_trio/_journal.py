@@ -170,6 +170,7 @@ def close(folded: Folded) -> WorkflowSnapshot:
         session_refs=folded.refs,
         active_time=folded.active_time,
         journal_seq=folded.seq,
+        fingerprint=base.fingerprint,
         result=folded.result,
         error=folded.error,
     )

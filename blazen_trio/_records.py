@@ -207,6 +207,14 @@ class UsageTotals(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 @final
+class StepShape(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a step accepts and emits (type ids, sorted): a part of a workflow's fingerprint."""
+
+    accepts: list[str]
+    emits: list[str]
+
+
+@final
 class BufferOp(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One change a commit made to a step's collect buffer: an event added or taken."""
 

@@ -65,6 +65,7 @@ from ._records import (
     RunStatus,
     SessionPausePolicy,
     StepCommit,
+    StepShape,
     Usage,
     UsageTotals,
     WorkflowResult,
@@ -108,6 +109,8 @@ class RunDefinition(Protocol):
     def stream_replay(self) -> int: ...
     def targets(self, event_type: type[Event]) -> tuple[int, ...]: ...
     def check_portable(self, snapshot: WorkflowSnapshot) -> None: ...
+    @property
+    def fingerprint(self) -> dict[str, StepShape]: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -1040,6 +1043,7 @@ class Run:
             history=self.history.entries if self.history is not None else (),
             refs=refs,
             active_time=self.clock.used,
+            fingerprint=self.workflow.fingerprint,
         )
         self.workflow.check_portable(snapshot)
         self.refs.release(RefLifetime.UNTIL_SNAPSHOT)

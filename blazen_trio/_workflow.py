@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
-from ._capture import RestoredRun, read_snapshot
+from ._capture import RestoredRun, fingerprint_of, read_snapshot
 from ._checks import is_count, is_optional_duration
 from ._codec import (
     WorkflowSnapshot,
@@ -44,7 +44,14 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._records import RunStatus, SessionPausePolicy, Usage, UsageTotals, WorkflowResult
+from ._records import (
+    RunStatus,
+    SessionPausePolicy,
+    StepShape,
+    Usage,
+    UsageTotals,
+    WorkflowResult,
+)
 from ._retry import RetryPolicy
 from ._run import CommitObserver, InputHandler, Run, new_run_id, only_exception
 from ._steps import StepSpec
@@ -280,7 +287,9 @@ def _start_event(input: Any) -> Event:
     return input if isinstance(input, Event) else StartEvent(data=input)
 
 
-def _empty_snapshot(workflow_name: str, run_id: str) -> WorkflowSnapshot:
+def _empty_snapshot(
+    workflow_name: str, run_id: str, fingerprint: dict[str, StepShape]
+) -> WorkflowSnapshot:
     """A new durable run's base in its store: nothing yet (its first record routes the start)."""
     return WorkflowSnapshot(
         workflow_name=workflow_name,
@@ -295,6 +304,7 @@ def _empty_snapshot(workflow_name: str, run_id: str) -> WorkflowSnapshot:
         history=[],
         metadata={},
         session_refs={},
+        fingerprint=fingerprint,
     )
 
 
@@ -362,6 +372,14 @@ class Workflow:
         self.publish_lifecycle = publish_lifecycle
         self.stream_replay = stream_replay
         self.checkpoint_store = checkpoint_store
+        self.fingerprint = fingerprint_of(
+            (
+                spec.name,
+                map(event_type_id, spec.accepts),
+                map(event_type_id, spec.emits),
+            )
+            for spec in self.steps
+        )
         self._targets: dict[type[Event], tuple[int, ...]] = {}
         self._declared = [t for spec in self.steps for t in (*spec.accepts, *spec.emits)]
         self._unportable = unportable_event_ids(self._declared)
@@ -556,7 +574,7 @@ class Workflow:
                 return self._attached(existing, on_commit, store)
         run = Run(self, on_commit=on_commit, store=store, run_id=run_id, start=_start_event(input))
         if store is not None:
-            await store.save(_empty_snapshot(self.name, run.run_id))
+            await store.save(_empty_snapshot(self.name, run.run_id, self.fingerprint))
         return run
 
     async def _resumed(
@@ -596,7 +614,7 @@ class Workflow:
 
     def _read(self, snapshot: WorkflowSnapshot) -> RestoredRun:
         accepts = {spec.name: spec.accepts for spec in self.steps}
-        return read_snapshot(snapshot, accepts, self._known())
+        return read_snapshot(snapshot, accepts, self._known(), self.fingerprint)
 
     def _known(self) -> dict[str, type[Event]]:
         return known_event_types(_with_subclasses(self._declared))
