@@ -24,6 +24,7 @@ from ._errors import SnapshotError
 from ._events import DynamicEvent, Event, InputRequestEvent, InputResponseEvent, StopEvent
 from ._records import (
     BufferOp,
+    ChildMemo,
     EncodedEvent,
     HistoryEntry,
     PendingEvent,
@@ -47,6 +48,7 @@ class Work:
     source: str | None
     attempt: int
     seq: int = 0
+    children: list[ChildMemo] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -149,6 +151,7 @@ def snapshot_of(
                 target_step=work.step,
                 attempt=work.attempt,
                 seq=work.seq,
+                children=work.children,
             )
             for work in pending
         ],
@@ -287,7 +290,9 @@ def _pending(
                 f"snapshot pending_events[{index}] gives step {step!r} an event of type "
                 f"{item.event.type_id!r}, which the step does not accept"
             )
-        pending.append(Work(step, event, item.source_step, item.attempt, item.seq))
+        pending.append(
+            Work(step, event, item.source_step, item.attempt, item.seq, list(item.children))
+        )
     return pending
 
 

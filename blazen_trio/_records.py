@@ -43,6 +43,8 @@ class HistoryKind(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_RETRIED = "step_retried"
     STEP_CANCELLED = "step_cancelled"
+    CHILD_STARTED = "child_started"
+    CHILD_FINISHED = "child_finished"
     INPUT_REQUESTED = "input_requested"
     INPUT_RECEIVED = "input_received"
     PAUSED = "paused"
@@ -181,6 +183,20 @@ class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 @final
+class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+    """A sub-workflow of a step invocation, kept so a re-run of the step does not redo it.
+
+    `index` counts the `ctx.run_workflow` calls of the invocation. A finished child has its
+    `result` (the StopEvent); one still going has its sealed snapshot, to resume from.
+    """
+
+    index: Count
+    run_id: str
+    result: EncodedEvent | None = None
+    snapshot: bytes | None = None
+
+
+@final
 class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event routed but not yet handled: it is delivered on resume.
 
@@ -194,6 +210,8 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     attempt: Attempt = 1
     seq: Count = 0
     """The run's routing order of the event (0 in snapshots written before it was kept)."""
+    children: list[ChildMemo] = []
+    """Sub-workflows the delivery's step started: finished ones, and snapshots of the others."""
 
 
 @final
