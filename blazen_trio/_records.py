@@ -259,6 +259,10 @@ class JournalRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_de
     """The `seq` of the pending delivery to `step` that this commit consumed."""
     retried: Count | None = None
     """The `seq` of a pending delivery to `step` that failed and will be tried at `attempt`."""
+    child_of: Count | None = None
+    """The `seq` of the pending delivery to `step` whose invocation finished `child`."""
+    child: ChildMemo | None = None
+    """A sub-workflow that finished: a re-run of its step takes this result, not a new run."""
     attempt: Attempt = 1
     routed: list[PendingEvent] = []
     requests: list[EncodedEvent] = []

@@ -1166,6 +1166,17 @@ class Run:
         outcome = child.outcome
         if isinstance(outcome, WorkflowResult):
             invocation.memo[index] = outcome
+            if self._journal is not None:  # a re-run of this step after a crash takes it
+                memo = ChildMemo(
+                    index=index, run_id=child.run_id, result=encode_event(outcome.event)
+                )
+                self._journal.add(
+                    time.time(),
+                    step=invocation.step_name,
+                    child_of=invocation.delivery,
+                    child=memo,
+                    **self._since_last_record(),
+                )
             return outcome
         assert isinstance(outcome, WorkflowError)
         raise outcome.fresh()

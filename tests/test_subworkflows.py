@@ -237,6 +237,11 @@ async def test_a_durable_parent_does_not_rerun_a_finished_child_after_a_crash(
     with trio.move_on_after(12):  # `a` finished, `b` and `c` on their way
         await parent(calls, checkpoint_store=store).run(5, run_id="p")
     assert calls["a.add"] == 1
+    stored = await store.load("p")
+    assert stored is not None
+    (many,) = [p for p in stored.pending_events if p.target_step == "many"]
+    # `b` and `c` finished: their results are in the parent's journal, under `many`.
+    assert sorted(memo.index for memo in many.children if memo.result) == [0, 1]
     outcomes = await parent(calls, checkpoint_store=store).recover()
     result = outcomes["p"]
     assert isinstance(result, bz.WorkflowResult)
@@ -289,3 +294,75 @@ async def test_a_family_paused_inside_a_child_resumes_in_another_process(
     report = json.loads(done.stdout)
     assert report["result"] == FAMILY_RESULT
     assert report["tokens"] == 4
+
+
+# -- timeouts and retries reach the children -----------------------------------------------------
+
+
+async def test_a_step_timeout_cancels_the_child_inside(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: Calls = Counter()
+    slow = child("slow", calls, seconds=100)
+
+    @bz.step(timeout=10)
+    async def bounded(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        await ctx.run_workflow(slow, 1)
+        return bz.StopEvent()
+
+    with pytest.raises(bz.StepTimeout):
+        await bz.Workflow("bounded", [bounded]).run()
+    assert calls["slow.wait"] == 0
+    assert trio.current_time() == pytest.approx(10)
+
+
+async def test_the_run_timeout_counts_the_childrens_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow = child("slow", Counter(), seconds=100)
+
+    @bz.step
+    async def waits(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        await ctx.run_workflow(slow, 1)
+        return bz.StopEvent()
+
+    with pytest.raises(bz.WorkflowTimeout):
+        await bz.Workflow("slow-parent", [waits], timeout=20).run()
+    assert trio.current_time() == pytest.approx(20)
+
+
+async def test_a_retry_of_the_parent_step_runs_the_child_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: Calls = Counter()
+    once = child("once", calls, seconds=1)
+
+    @bz.step(retry=bz.RetryPolicy(max_attempts=2, initial_delay=1))
+    async def flaky(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        result = await ctx.run_workflow(once, 1)
+        if ctx.attempt == 1:
+            raise ConnectionError("after the child")
+        return bz.StopEvent(result=result.result)
+
+    assert (await bz.Workflow("retrying", [flaky]).run()).result == 3
+    assert calls["once.add"] == 2
+
+
+async def test_refs_a_child_inserts_live_until_the_parent_finishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @bz.step
+    async def make(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        ref = ctx.refs.insert(["made by the child"], lifetime=bz.RefLifetime.UNTIL_PARENT_FINISH)
+        return bz.StopEvent(result=ref)
+
+    maker = bz.Workflow("maker", [make])
+
+    @bz.step
+    async def borrow(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
+        made = await ctx.run_workflow(maker)
+        return bz.StopEvent(result=ctx.refs.get(made.result))  # the child has ended
+
+    result = await bz.Workflow("borrower", [borrow]).run()
+    assert result.result == ["made by the child"]
+    assert result.session_refs == {}  # released when the parent finished
