@@ -67,6 +67,7 @@ from ._refs import (
     StepRefs as StepRefs,
 )
 from ._retry import RetryPolicy as RetryPolicy
+from ._sqlite import SqliteCheckpointStore as SqliteCheckpointStore
 from ._steps import StepSpec as StepSpec, step as step
 from ._stores import (
     CheckpointStore as CheckpointStore,
