@@ -117,6 +117,7 @@ class RestoredRun:
     refs: SessionRefRegistry
     active_time: float
     journal_seq: int
+    routed_seq: int
     responses: list[InputResponseEvent]
     """Answers recorded by `store.respond`, to route when the run goes on."""
 
@@ -135,6 +136,7 @@ def snapshot_of(
     refs: tuple[dict[str, SerializedRef], dict[str, Any]],
     active_time: float,
     fingerprint: dict[str, StepShape],
+    routed_seq: int,
 ) -> WorkflowSnapshot:
     """Encode a run's parts; `state` must already have in-flight effects taken back."""
     session_refs, metadata = refs
@@ -172,6 +174,7 @@ def snapshot_of(
         session_refs=session_refs,
         active_time=active_time,
         fingerprint=fingerprint,
+        routed_seq=routed_seq,
     )
 
 
@@ -272,6 +275,7 @@ def _read(
         refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=_dropped(snapshot)),
         active_time=snapshot.active_time,
         journal_seq=snapshot.journal_seq,
+        routed_seq=snapshot.routed_seq,
         responses=_responses(snapshot, known),
     )
 

@@ -44,6 +44,7 @@ class Folded:
     error: str | None
     active_time: float
     seq: int
+    routed_seq: int
 
 
 def open_snapshot(snapshot: WorkflowSnapshot) -> Folded:
@@ -65,6 +66,7 @@ def open_snapshot(snapshot: WorkflowSnapshot) -> Folded:
         error=snapshot.error,
         active_time=snapshot.active_time,
         seq=snapshot.journal_seq,
+        routed_seq=snapshot.routed_seq,
     )
 
 
@@ -96,6 +98,7 @@ def apply(folded: Folded, record: JournalRecord) -> None:
             folded.pending[parent] = _with_child(folded.pending[parent], record.child)
     for delivery in record.routed:
         folded.pending[(delivery.seq, delivery.target_step or "")] = delivery
+        folded.routed_seq = max(folded.routed_seq, delivery.seq)
     for request in record.requests:
         folded.requests[_request_id(request)] = request
     if record.answered is not None:
@@ -175,6 +178,7 @@ def close(folded: Folded) -> WorkflowSnapshot:
         session_refs=folded.refs,
         active_time=folded.active_time,
         journal_seq=folded.seq,
+        routed_seq=folded.routed_seq,
         fingerprint=base.fingerprint,
         result=folded.result,
         error=folded.error,

@@ -113,7 +113,9 @@ class StepCommit:
     """One step invocation's commit, as `Workflow.start(on_commit=...)` observers see it.
 
     `event` is the input the step consumed; `emitted` what it emitted (`ctx.send_event` calls,
-    then its return value), in routing order; `attempt` the attempt that completed.
+    then its return value), in routing order; `attempt` the attempt that completed;
+    `delivery` the routing order of the consumed event (with `run_id` and `step`, what
+    `ctx.idempotency_key` is made of).
     """
 
     run_id: str
@@ -121,6 +123,7 @@ class StepCommit:
     event: Event
     emitted: tuple[Event, ...]
     attempt: int
+    delivery: int = 0
 
 
 @final

@@ -440,7 +440,7 @@ class Run:
         slots = {slot.spec.name: slot for slot in self.slots}
         # Deliveries keep their routing order (a journal names them by it); snapshots that
         # predate it get fresh numbers after the highest kept one.
-        self._seq = max((work.seq for work in restored.pending), default=self._seq)
+        self._seq = max([restored.routed_seq, *(work.seq for work in restored.pending)])
         for request in restored.input_requests:
             self.input_requests[request.request_id] = self._envelope(request, None, quiet=True)
             self.publish(request)  # announced again: a subscriber with replay sees it
@@ -874,6 +874,7 @@ class Run:
                     invocation.envelope.event,
                     tuple(envelope.event for envelope in envelopes),
                     invocation.attempt,
+                    invocation.delivery,
                 )
             )
         ready = self._route(envelopes)
@@ -1124,6 +1125,7 @@ class Run:
             refs=refs,
             active_time=self.clock.used,
             fingerprint=self.workflow.fingerprint,
+            routed_seq=self._seq,
         )
         self.workflow.check_portable(snapshot)
         self.refs.release(RefLifetime.UNTIL_SNAPSHOT)

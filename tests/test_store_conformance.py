@@ -251,6 +251,7 @@ async def test_appended_records_fold_into_the_snapshot(store: Store, clock: Cloc
         session_refs={"new": ref("new")},
         active_time=12.5,
         journal_seq=5,
+        routed_seq=3,  # the highest routing order a record gave (DONE1's)
         result=STOP,
     )
     assert await store.load("run-1") == expected
@@ -274,6 +275,7 @@ async def test_the_middle_of_the_journal_folds_exactly(store: Store) -> None:
         ],
         session_refs={"new": ref("new")},
         journal_seq=3,
+        routed_seq=3,
     )
     assert await store.load("run-1") == expected
 
