@@ -381,7 +381,8 @@ class Run:
         self.restored = restored is not None
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
-        self.status = RunStatus.RUNNING
+        self._status = RunStatus.RUNNING
+        self._status_changed = trio.Event()
         self.usage = Usage()
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
@@ -457,6 +458,27 @@ class Run:
     @property
     def workflow_name(self) -> str:
         return self.workflow.name
+
+    @property
+    def status(self) -> RunStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: RunStatus) -> None:
+        if status is not self._status:
+            self._status = status
+            self._announce_status()
+
+    def _announce_status(self) -> None:
+        self._status_changed.set()
+        self._status_changed = trio.Event()
+
+    async def wait_for_status(self, wanted: frozenset[RunStatus]) -> RunStatus:
+        """Wait until the run's status is one of `wanted`, or the run has ended."""
+        while self._status not in wanted and self.outcome is None:
+            await self._status_changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._status
 
     @property
     def refs(self) -> SessionRefRegistry:
@@ -620,9 +642,7 @@ class Run:
         """Record how the run ended (a completed run's last commit already says so)."""
         outcome = self.outcome
         if isinstance(outcome, RunSuspended):
-            journal.add(
-                time.time(), status=RunStatus.WAITING_FOR_INPUT, **self._since_last_record()
-            )
+            journal.add(time.time(), status=self.status, **self._since_last_record())
         elif isinstance(outcome, WorkflowError) and not self._abandoned:
             journal.add(
                 time.time(),
@@ -1386,6 +1406,14 @@ class Run:
     def fail(self, error: WorkflowError) -> None:
         self._finish(error, RunStatus.FAILED)
 
+    @property
+    def durable(self) -> bool:
+        return self._journal is not None
+
+    def release(self) -> None:
+        """Let go of a paused durable run here: it stays paused in its store."""
+        self._finish(RunSuspended(self.run_id, list(self.input_requests)), self.status)
+
     def abort(self) -> None:
         self._finish(WorkflowAborted(f"run {self.run_id} was aborted"), RunStatus.ABORTED)
 
@@ -1412,6 +1440,7 @@ class Run:
         else:
             self.outcome = outcome
         self.status = status
+        self._announce_status()  # the run ended, even if its status did not change
         self._ended.set()
         self._cancel_the_rest(f"the run ended ({status})")
         self.broadcast.close()

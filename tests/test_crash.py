@@ -60,7 +60,7 @@ async def kill_after(
         while chunk := await process.stdout.receive_some():
             output += chunk
     await process.stdout.aclose()
-    lines = [line.split() for line in output.decode().splitlines()]
+    lines = [line.split() for line in output.decode().split("\n")[:-1]]  # a cut line: no commit
     printed = (fields for fields in lines if len(fields) == 3)  # not "done", nor a cut line
     return [(run_id, step, int(seq)) for run_id, step, seq in printed]
 
