@@ -108,4 +108,4 @@ async def _print_progress(handler: bz.WorkflowHandler) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:2])
+    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else "word_report.db")
