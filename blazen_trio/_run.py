@@ -201,10 +201,9 @@ class Invocation:
         return first
 
     def send(self, event: Event) -> None:
-        """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
-        spec = self.slot.spec
-        if not spec.may_emit(type(event)):
-            self.refused = _undeclared(spec, event, "sent")
+        """`ctx.send_event`: keep the event for the commit, if the step may emit it."""
+        self.refused = _emit_problem(self.slot.spec, event, "sent")
+        if self.refused is not None:
             raise self.refused
         self.sent.append(event)
 
@@ -233,6 +232,17 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
         f"step {spec.name!r} returned {type(output).__qualname__}; a step returns an Event, "
         "a list of Events, or None",
     )
+
+
+def _emit_problem(spec: StepSpec, event: Event, how: str) -> StepFailed | None:
+    """Why `spec` may not emit `event`: a type it does not declare, a malformed request."""
+    if not spec.may_emit(type(event)):
+        return _undeclared(spec, event, how)
+    if type(event) is InputRequestEvent:
+        problem = builtin_event_problem(event)
+        if problem is not None:
+            return StepFailed(spec.name, f"invalid input request: {problem}")
+    return None
 
 
 def _undeclared(spec: StepSpec, event: Event, how: str) -> StepFailed:
@@ -393,6 +403,7 @@ class Run:
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
         self._on_commit = on_commit
+        self._targets = workflow.targets
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -735,7 +746,12 @@ class Run:
         with trio.CancelScope() as scope:
             while current is not None:
                 current.scope = scope
-                following = await self._execute(current)
+                if self.outcome is not None:  # the run ended before this invocation started
+                    return
+                if self._paused:  # dispatched before the pause but not started: it waits
+                    self._requeue(current)
+                    return
+                following = await self._attempts(current)
                 current = following
                 if following is not None:
                     following.scope = scope  # reachable by a pause during the checkpoint
@@ -747,20 +763,14 @@ class Run:
 
     # -- one invocation ------------------------------------------------------------------
 
-    async def _execute(self, invocation: Invocation) -> Invocation | None:
-        """Run one invocation to its commit; returns the worker's next invocation."""
-        if self.outcome is not None:  # the run ended before this invocation started
-            return None
-        if self._paused:  # dispatched before the pause but not started: it waits
-            self._requeue(invocation)
-            return None
-        return await self._attempts(invocation)
-
     async def _attempts(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
-            error, output = await self._attempt(invocation)
+            if spec.timeout is None:  # no scope of its own: the worker's is enough
+                error, output = await self._call(invocation)
+            else:
+                error, output = await self._attempt_within(invocation, spec.timeout)
             if invocation.refused is not None:  # a programming error: never retried
                 self.fail(invocation.refused)
                 return None
@@ -798,15 +808,15 @@ class Run:
                 )
             await trio.sleep(policy.delay_before(invocation.attempt))
 
-    async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
-        spec = invocation.slot.spec
-        if spec.timeout is None:  # no scope of its own: the invocation's is enough
-            return await self._call(invocation)
+    async def _attempt_within(
+        self, invocation: Invocation, seconds: float
+    ) -> tuple[Exception | None, Any]:
+        """One attempt under the step's timeout, in a cancel scope of its own."""
         with trio.CancelScope() as scope:
-            scope.relative_deadline = spec.timeout
+            scope.relative_deadline = seconds
             return await self._call(invocation)
         assert scope.cancelled_caught
-        return StepTimeout(spec.name, spec.timeout), None
+        return StepTimeout(invocation.slot.spec.name, seconds), None
 
     async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
         """One call of the step: its output, or its exception as data for the run.
@@ -852,39 +862,38 @@ class Run:
         ready = self.commit(invocation, envelopes)
         if not ready:
             return None
-        self.spawn(ready[1:])
+        if len(ready) > 1:
+            self.spawn(ready[1:])
         return ready[0]
 
     def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
-        """Sent events, then the returned ones; None (the run failed) for a wrong return."""
-        spec = invocation.slot.spec
+        """Sent events, then the returned ones; None (the run failed) for a wrong return.
+
+        Sent events were checked when sent (`Invocation.send`).
+        """
         if isinstance(output, Event):
-            returned = [output]
+            returned: list[Event] = [output]
         elif output is None:
             return invocation.sent
         elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
             returned = output
         else:
-            self.fail(_bad_return(spec, output))
+            self.fail(_bad_return(invocation.slot.spec, output))
             return None
         for event in returned:
-            if not spec.may_emit(type(event)):
-                self.fail(_undeclared(spec, event, "returned"))
-                return None
-        events = [*invocation.sent, *returned]
-        for event in events:
-            problem = builtin_event_problem(event) if type(event) is InputRequestEvent else None
+            problem = _emit_problem(invocation.slot.spec, event, "returned")
             if problem is not None:
-                self.fail(StepFailed(spec.name, f"invalid input request: {problem}"))
+                self.fail(problem)
                 return None
-        return events
+        return [*invocation.sent, *returned] if invocation.sent else returned
 
     # -- routing -------------------------------------------------------------------------
 
     def commit(self, invocation: Invocation, envelopes: list[Envelope]) -> list[Invocation]:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
         self.in_flight.discard(invocation)
-        self.state.settle(invocation.undo)
+        if invocation.undo:
+            self.state.settle(invocation.undo)
         self.commits += 1
         if self._on_commit is not None:
             self._on_commit(
@@ -898,7 +907,8 @@ class Run:
                 )
             )
         ready = self._route(envelopes)
-        ready.extend(self._release(invocation))
+        if invocation.slot.limiter is not None:
+            ready.extend(self._release(invocation))
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready
@@ -924,7 +934,7 @@ class Run:
             if isinstance(event, InputRequestEvent):
                 self._request_input(envelope)
                 continue
-            targets = self.workflow.targets(type(event))
+            targets = self._targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
