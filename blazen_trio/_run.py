@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -167,6 +167,19 @@ class StepSlot:
 
 
 @attrs.define(eq=False, slots=True)
+class Family:
+    """A step invocation's sub-workflows: how many `ctx.run_workflow` calls its attempt made,
+    the children going on now, and those finished (or restored) so a re-run skips them."""
+
+    calls: int = 0
+    children: dict[int, Run] = attrs.Factory(dict)
+    memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
+
+
+_NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
+
+
+@attrs.define(eq=False, slots=True)
 class Invocation:
     """One delivery of one event to one step: queued, then in flight until committed."""
 
@@ -177,11 +190,8 @@ class Invocation:
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
     scope: trio.CancelScope | None = None
-    # Sub-workflows: how many `ctx.run_workflow` calls the attempt made, the children going
-    # on now (by call index), and those finished (or restored) so a re-run does not redo them.
-    calls: int = 0
-    children: dict[int, Run] = attrs.Factory(dict)
-    memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
+    # Made by the first `ctx.run_workflow` call (or a restored child): most steps have none.
+    family: Family | None = None
     # An undeclared send: it fails the step even if the step caught it, and is not retried.
     refused: StepFailed | None = None
 
@@ -196,9 +206,20 @@ class Invocation:
 
     def reserve_calls(self, count: int) -> int:
         """Number the next `count` sub-workflow calls; returns the first index."""
-        first = self.calls
-        self.calls += count
+        family = self.own_family()
+        first = family.calls
+        family.calls += count
         return first
+
+    def own_family(self) -> Family:
+        if self.family is None:
+            self.family = Family()
+        return self.family
+
+    @property
+    def children(self) -> dict[int, Run]:
+        """Sub-workflows going on now, by call index (empty for most steps)."""
+        return self.family.children if self.family is not None else _NO_CHILDREN
 
     def send(self, event: Event) -> None:
         """`ctx.send_event`: keep the event for the commit, if the step may emit it."""
@@ -315,7 +336,9 @@ def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
 def _child_memos(invocation: Invocation) -> list[ChildMemo]:
     """The invocation's sub-workflows as a snapshot keeps them: results, or snapshots."""
     memos = []
-    for index, done in sorted(invocation.memo.items()):
+    if invocation.family is None:
+        return []
+    for index, done in sorted(invocation.family.memo.items()):
         if isinstance(done, WorkflowResult):
             done = ChildMemo(index=index, run_id=done.run_id, result=encode_event(done.event))
         memos.append(done)
@@ -462,7 +485,9 @@ class Run:
             else:
                 envelope = self._envelope(work.event, work.source, quiet=True)
             invocation = Invocation(slots[work.step], envelope, work.attempt)
-            invocation.memo.update((memo.index, memo) for memo in work.children)
+            if work.children:
+                memos = invocation.own_family().memo
+                memos.update((memo.index, memo) for memo in work.children)
             slots[work.step].queue.append(invocation)
             self._queued += 1
 
@@ -560,8 +585,8 @@ class Run:
             self._finish(outcome, RunStatus.FAILED)
 
     def _begin_restored(self) -> None:
-        """Start the work of a run built from a snapshot."""
-        self._record(HistoryKind.RUN_RESUMED)
+        """Start the work of a run built from a snapshot (a new durable run's first one, too)."""
+        self._record(HistoryKind.RUN_STARTED if self._start else HistoryKind.RUN_RESUMED)
         for request_id in self.input_requests:
             self._check_answerable(request_id)
         answers, self._stored_responses = self._stored_responses, []
@@ -790,8 +815,7 @@ class Run:
                 self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
             invocation.sent.clear()
-            invocation.calls = 0  # a retry runs the whole step again, its sub-workflows too
-            invocation.memo.clear()
+            invocation.family = None  # a retry runs the whole step again, its children too
             policy = invocation.slot.retry
             if policy is None or not policy.should_retry(error, invocation.attempt):
                 self.fail(_failure(spec.name, error))
@@ -1178,18 +1202,19 @@ class Run:
                 f"sub-workflows nest at most {MAX_SUB_WORKFLOW_DEPTH} deep: "
                 f"{workflow.name!r} would be level {self.depth + 2}"
             )
-        memo = invocation.memo.get(index)
+        family = invocation.own_family()
+        memo = family.memo.get(index)
         if isinstance(memo, WorkflowResult):
             return memo
         if memo is not None and memo.result is not None:
             return _memoized(memo, workflow._known())
         child = await self._open_child(workflow, input, invocation, index, memo)
         self._record(HistoryKind.CHILD_STARTED, step=invocation.step_name, detail=child.run_id)
-        invocation.children[index] = child
+        family.children[index] = child
         try:
             await child.drive(lambda: self._begin_child(child))
         finally:
-            del invocation.children[index]
+            del family.children[index]
         self._record(
             HistoryKind.CHILD_FINISHED,
             step=invocation.step_name,
@@ -1197,7 +1222,7 @@ class Run:
         )
         outcome = child.outcome
         if isinstance(outcome, WorkflowResult):
-            invocation.memo[index] = outcome
+            family.memo[index] = outcome
             if self._journal is not None:  # a re-run of this step after a crash takes it
                 memo = ChildMemo(
                     index=index, run_id=child.run_id, result=encode_event(outcome.event)
