@@ -390,3 +390,20 @@ async def test_open_recovery_hands_out_a_handler_per_run_going_on(
         results = [await handler.result() for handler in handlers.values()]
     assert [r.result for r in results] == [[0, 1, 2, 3]] * 2
     assert {i.status for i in await store.list()} == {bz.RunStatus.COMPLETED}
+
+
+async def test_a_run_whose_first_write_fails_is_born_recoverable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Nothing journaled yet: the stored run still holds its start, so recovery runs it."""
+    store = FailingStore(good=0)
+    effects: Effects = Counter()
+    with pytest.raises(bz.CheckpointStoreError):
+        await fanning(effects, store).run("x", run_id="newborn")
+    stored = await store.inner.load("newborn")
+    assert stored is not None
+    assert [p.target_step for p in stored.pending_events] == ["fan"]
+    outcomes = await fanning(effects, store.inner).recover()
+    result = outcomes["newborn"]
+    assert isinstance(result, bz.WorkflowResult)
+    assert result.result == [0, 1, 2, 3]
