@@ -37,12 +37,14 @@ from ._events import (
     StepStarted as StepStarted,
     StopEvent as StopEvent,
     StreamLagged as StreamLagged,
+    SubWorkflowEvent as SubWorkflowEvent,
     UsageEvent as UsageEvent,
     event_type_id as event_type_id,
 )
 from ._handler import RunStatistics as RunStatistics, WorkflowHandler as WorkflowHandler
 from ._records import (
     CheckpointInfo as CheckpointInfo,
+    ChildMemo as ChildMemo,
     EncodedEvent as EncodedEvent,
     HistoryEntry as HistoryEntry,
     HistoryKind as HistoryKind,
@@ -65,6 +67,7 @@ from ._refs import (
     StepRefs as StepRefs,
 )
 from ._retry import RetryPolicy as RetryPolicy
+from ._sqlite import SqliteCheckpointStore as SqliteCheckpointStore
 from ._steps import StepSpec as StepSpec, step as step
 from ._stores import (
     CheckpointStore as CheckpointStore,

@@ -24,6 +24,7 @@ from ._errors import SnapshotError
 from ._events import DynamicEvent, Event, InputRequestEvent, InputResponseEvent, StopEvent
 from ._records import (
     BufferOp,
+    ChildMemo,
     EncodedEvent,
     HistoryEntry,
     PendingEvent,
@@ -47,6 +48,7 @@ class Work:
     source: str | None
     attempt: int
     seq: int = 0
+    children: list[ChildMemo] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -115,6 +117,7 @@ class RestoredRun:
     refs: SessionRefRegistry
     active_time: float
     journal_seq: int
+    routed_seq: int
     responses: list[InputResponseEvent]
     """Answers recorded by `store.respond`, to route when the run goes on."""
 
@@ -133,6 +136,7 @@ def snapshot_of(
     refs: tuple[dict[str, SerializedRef], dict[str, Any]],
     active_time: float,
     fingerprint: dict[str, StepShape],
+    routed_seq: int,
 ) -> WorkflowSnapshot:
     """Encode a run's parts; `state` must already have in-flight effects taken back."""
     session_refs, metadata = refs
@@ -149,6 +153,7 @@ def snapshot_of(
                 target_step=work.step,
                 attempt=work.attempt,
                 seq=work.seq,
+                children=work.children,
             )
             for work in pending
         ],
@@ -169,6 +174,7 @@ def snapshot_of(
         session_refs=session_refs,
         active_time=active_time,
         fingerprint=fingerprint,
+        routed_seq=routed_seq,
     )
 
 
@@ -269,6 +275,7 @@ def _read(
         refs=SessionRefRegistry.restore(snapshot.session_refs, dropped=_dropped(snapshot)),
         active_time=snapshot.active_time,
         journal_seq=snapshot.journal_seq,
+        routed_seq=snapshot.routed_seq,
         responses=_responses(snapshot, known),
     )
 
@@ -287,7 +294,9 @@ def _pending(
                 f"snapshot pending_events[{index}] gives step {step!r} an event of type "
                 f"{item.event.type_id!r}, which the step does not accept"
             )
-        pending.append(Work(step, event, item.source_step, item.attempt, item.seq))
+        pending.append(
+            Work(step, event, item.source_step, item.attempt, item.seq, list(item.children))
+        )
     return pending
 
 

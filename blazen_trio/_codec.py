@@ -830,6 +830,9 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds of active run time used so far (the workflow timeout counts only those)."""
     journal_seq: Count = 0
     """The last journal record this snapshot includes (durable runs; 0 otherwise)."""
+    routed_seq: Count = 0
+    """The highest routing order given so far: a resumed run numbers on from it, so no
+    delivery (nor `ctx.idempotency_key`) is ever numbered twice."""
     result: EncodedEvent | None = None
     """The StopEvent of a completed run (as a store keeps finished runs)."""
     error: str | None = None

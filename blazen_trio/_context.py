@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol, final
 
+import trio
+
+from ._checks import is_count
+from ._errors import WorkflowError
 from ._events import Event, UsageEvent
+from ._records import WorkflowResult
 from ._refs import SessionRefRegistry, StepRefs
 from ._state import RunState, UndoLog
 from ._util import NoPublicConstructor
@@ -26,6 +31,9 @@ class StepHost(Protocol):
     def refs(self) -> SessionRefRegistry: ...
     def publish(self, event: Event) -> None: ...
     def record_usage(self, usage: UsageEvent) -> None: ...
+    async def run_child(
+        self, workflow: object, input: Any, invocation: Any, index: int
+    ) -> WorkflowResult: ...
 
 
 class StepAttempt(Protocol):
@@ -41,6 +49,7 @@ class StepAttempt(Protocol):
     def undo(self) -> UndoLog: ...
     def send(self, event: Event) -> None: ...
     def check_open(self, what: str) -> None: ...
+    def reserve_calls(self, count: int) -> int: ...
 
 
 @final
@@ -151,3 +160,55 @@ class Context(metaclass=NoPublicConstructor):
         return self._run.state.collect(
             self._invocation.step_name, event, expected, self._invocation.undo
         )
+
+    # -- sub-workflows -------------------------------------------------------------------
+
+    async def run_workflow(self, workflow: Any, input: Any = None) -> WorkflowResult:
+        """Run `workflow` as a child of this step, in this step's cancel scope; its result.
+
+        The child shares this run's session refs; its usage counts in this run's totals and
+        its stream events reach this run's subscribers as `SubWorkflowEvent`s. Pausing,
+        aborting or timing out this run does the same to the child. If the child fails, its
+        `WorkflowError` is raised here (so the step fails with it as the cause, after the
+        step's retries, each of which runs the child again). A child this step already
+        finished before a pause, a snapshot or a crash is not run again.
+        """
+        self._invocation.check_open("run_workflow")
+        index = self._invocation.reserve_calls(1)
+        return await self._run.run_child(workflow, input, self._invocation, index)
+
+    async def run_workflows(
+        self, runs: Iterable[tuple[Any, Any]], *, max_concurrency: int | None = None
+    ) -> list[WorkflowResult]:
+        """Run `(workflow, input)` pairs as children at once (at most `max_concurrency` at a
+        time); their results in order. The first failure cancels the rest and is raised."""
+        self._invocation.check_open("run_workflows")
+        pairs = list(runs)
+        if max_concurrency is not None and not is_count(max_concurrency, 1):
+            raise ValueError(
+                f"max_concurrency must be an int >= 1 or None, got {max_concurrency!r}"
+            )
+        first = self._invocation.reserve_calls(len(pairs))
+        limiter = trio.CapacityLimiter(max_concurrency or max(len(pairs), 1))
+        results: list[WorkflowResult | None] = [None] * len(pairs)
+        failures: list[WorkflowError] = []
+
+        async def one(offset: int, workflow: Any, input: Any, nursery: trio.Nursery) -> None:
+            try:
+                results[offset] = await self._run.run_child(
+                    workflow, input, self._invocation, first + offset
+                )
+            except WorkflowError as error:
+                failures.append(error)
+                nursery.cancel_scope.cancel(reason="a sibling sub-workflow failed")
+            finally:
+                limiter.release_on_behalf_of(offset)
+
+        async with trio.open_nursery() as nursery:
+            for offset, (workflow, input) in enumerate(pairs):
+                # Taken here, in list order: children start in order as places free up.
+                await limiter.acquire_on_behalf_of(offset)
+                nursery.start_soon(one, offset, workflow, input, nursery)
+        if failures:
+            raise failures[0]
+        return [result for result in results if result is not None]

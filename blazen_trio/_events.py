@@ -160,7 +160,16 @@ class StreamLagged(Event, type_id="blazen.StreamLagged"):
     missed: int
 
 
+class SubWorkflowEvent(Event, type_id="blazen.SubWorkflowEvent"):
+    """An event a sub-workflow published, on its parent's stream: tagged with the child run."""
+
+    run_id: str
+    workflow: str
+    event: Event
+
+
 STREAM_ONLY_EVENTS: tuple[type[Event], ...] = (
+    SubWorkflowEvent,
     UsageEvent,
     StepStarted,
     StepCompleted,

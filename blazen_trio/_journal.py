@@ -9,10 +9,12 @@ the journal gives what the live run would snapshot at the same point.
 from collections.abc import Iterable
 
 import attrs
+import msgspec
 
 from ._codec import WorkflowSnapshot
 from ._errors import CheckpointStoreError
 from ._records import (
+    ChildMemo,
     EncodedEvent,
     HistoryEntry,
     JournalRecord,
@@ -42,6 +44,7 @@ class Folded:
     error: str | None
     active_time: float
     seq: int
+    routed_seq: int
 
 
 def open_snapshot(snapshot: WorkflowSnapshot) -> Folded:
@@ -63,6 +66,7 @@ def open_snapshot(snapshot: WorkflowSnapshot) -> Folded:
         error=snapshot.error,
         active_time=snapshot.active_time,
         seq=snapshot.journal_seq,
+        routed_seq=snapshot.routed_seq,
     )
 
 
@@ -88,8 +92,13 @@ def apply(folded: Folded, record: JournalRecord) -> None:
         retried = (record.retried, step)
         if retried in folded.pending:
             folded.pending[retried] = _with_attempt(folded.pending[retried], record.attempt)
+    if record.child_of is not None and record.child is not None:
+        parent = (record.child_of, step)
+        if parent in folded.pending:
+            folded.pending[parent] = _with_child(folded.pending[parent], record.child)
     for delivery in record.routed:
         folded.pending[(delivery.seq, delivery.target_step or "")] = delivery
+        folded.routed_seq = max(folded.routed_seq, delivery.seq)
     for request in record.requests:
         folded.requests[_request_id(request)] = request
     if record.answered is not None:
@@ -122,13 +131,12 @@ def apply(folded: Folded, record: JournalRecord) -> None:
 
 
 def _with_attempt(item: PendingEvent, attempt: int) -> PendingEvent:
-    return PendingEvent(
-        event=item.event,
-        source_step=item.source_step,
-        target_step=item.target_step,
-        attempt=attempt,
-        seq=item.seq,
-    )
+    return msgspec.structs.replace(item, attempt=attempt)
+
+
+def _with_child(item: PendingEvent, child: ChildMemo) -> PendingEvent:
+    others = [memo for memo in item.children if memo.index != child.index]
+    return msgspec.structs.replace(item, children=[*others, child])
 
 
 def _apply_buffers(buffers: dict[str, list[EncodedEvent]], record: JournalRecord) -> None:
@@ -170,6 +178,7 @@ def close(folded: Folded) -> WorkflowSnapshot:
         session_refs=folded.refs,
         active_time=folded.active_time,
         journal_seq=folded.seq,
+        routed_seq=folded.routed_seq,
         fingerprint=base.fingerprint,
         result=folded.result,
         error=folded.error,

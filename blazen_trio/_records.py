@@ -43,6 +43,8 @@ class HistoryKind(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_RETRIED = "step_retried"
     STEP_CANCELLED = "step_cancelled"
+    CHILD_STARTED = "child_started"
+    CHILD_FINISHED = "child_finished"
     INPUT_REQUESTED = "input_requested"
     INPUT_RECEIVED = "input_received"
     PAUSED = "paused"
@@ -111,7 +113,9 @@ class StepCommit:
     """One step invocation's commit, as `Workflow.start(on_commit=...)` observers see it.
 
     `event` is the input the step consumed; `emitted` what it emitted (`ctx.send_event` calls,
-    then its return value), in routing order; `attempt` the attempt that completed.
+    then its return value), in routing order; `attempt` the attempt that completed;
+    `delivery` the routing order of the consumed event (with `run_id` and `step`, what
+    `ctx.idempotency_key` is made of).
     """
 
     run_id: str
@@ -119,6 +123,7 @@ class StepCommit:
     event: Event
     emitted: tuple[Event, ...]
     attempt: int
+    delivery: int = 0
 
 
 @final
@@ -181,6 +186,20 @@ class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 @final
+class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+    """A sub-workflow of a step invocation, kept so a re-run of the step does not redo it.
+
+    `index` counts the `ctx.run_workflow` calls of the invocation. A finished child has its
+    `result` (the StopEvent); one still going has its sealed snapshot, to resume from.
+    """
+
+    index: Count
+    run_id: str
+    result: EncodedEvent | None = None
+    snapshot: bytes | None = None
+
+
+@final
 class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event routed but not yet handled: it is delivered on resume.
 
@@ -194,6 +213,8 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     attempt: Attempt = 1
     seq: Count = 0
     """The run's routing order of the event (0 in snapshots written before it was kept)."""
+    children: list[ChildMemo] = []
+    """Sub-workflows the delivery's step started: finished ones, and snapshots of the others."""
 
 
 @final
@@ -241,6 +262,10 @@ class JournalRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_de
     """The `seq` of the pending delivery to `step` that this commit consumed."""
     retried: Count | None = None
     """The `seq` of a pending delivery to `step` that failed and will be tried at `attempt`."""
+    child_of: Count | None = None
+    """The `seq` of the pending delivery to `step` whose invocation finished `child`."""
+    child: ChildMemo | None = None
+    """A sub-workflow that finished: a re-run of its step takes this result, not a new run."""
     attempt: Attempt = 1
     routed: list[PendingEvent] = []
     requests: list[EncodedEvent] = []

@@ -10,6 +10,7 @@ total order of commits and commands. See docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import os
@@ -19,14 +20,14 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from ._broadcast import Broadcast
 from ._capture import RestoredRun, Work, change_fields, routed_fields, snapshot_of
-from ._codec import WorkflowSnapshot, builtin_event_problem, encode_event
+from ._codec import WorkflowSnapshot, builtin_event_problem, decode_event, encode_event
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._durable import JournalWriter
@@ -37,6 +38,7 @@ from ._errors import (
     RunCrashed,
     RunFinished,
     RunSuspended,
+    SnapshotError,
     StepFailed,
     StepTimeout,
     UnknownInputRequest,
@@ -54,11 +56,13 @@ from ._events import (
     StepErrored,
     StepStarted,
     StopEvent,
+    SubWorkflowEvent,
     UsageEvent,
     event_type_id,
 )
 from ._history import History
 from ._records import (
+    ChildMemo,
     HistoryEntry,
     HistoryKind,
     RefLifetime,
@@ -79,11 +83,15 @@ from ._stores import CheckpointStore
 InputHandler = Callable[[InputRequestEvent], Awaitable[Any]]
 CommitObserver = Callable[[StepCommit], object]
 
+MAX_SUB_WORKFLOW_DEPTH = 16
+"""Sub-workflows nest at most this deep: a recursion that never ends fails clearly instead."""
+
 # Source step recorded for responses that came from outside the run.
 HUMAN_INPUT = "__human_input"
 INPUT_HANDLER = "__input_handler"
 
 
+@runtime_checkable
 class RunDefinition(Protocol):
     """What a run reads of its workflow (`Workflow` is one); the loop never imports it."""
 
@@ -111,6 +119,18 @@ class RunDefinition(Protocol):
     def check_portable(self, snapshot: WorkflowSnapshot) -> None: ...
     @property
     def fingerprint(self) -> dict[str, StepShape]: ...
+    def _known(self) -> dict[str, type[Event]]: ...
+    async def _open(
+        self,
+        input: Any,
+        resume: WorkflowSnapshot | None,
+        run_id: str | None,
+        fork: bool,
+        on_commit: CommitObserver | None,
+        store: CheckpointStore | None,
+        *,
+        parent: str | None = None,
+    ) -> Run: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -157,6 +177,11 @@ class Invocation:
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
     scope: trio.CancelScope | None = None
+    # Sub-workflows: how many `ctx.run_workflow` calls the attempt made, the children going
+    # on now (by call index), and those finished (or restored) so a re-run does not redo them.
+    calls: int = 0
+    children: dict[int, Run] = attrs.Factory(dict)
+    memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
     # An undeclared send: it fails the step even if the step caught it, and is not retried.
     refused: StepFailed | None = None
 
@@ -168,6 +193,12 @@ class Invocation:
     def delivery(self) -> int:
         """The routing order of the consumed event: kept by snapshots and journals."""
         return self.envelope.seq
+
+    def reserve_calls(self, count: int) -> int:
+        """Number the next `count` sub-workflow calls; returns the first index."""
+        first = self.calls
+        self.calls += count
+        return first
 
     def send(self, event: Event) -> None:
         """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
@@ -261,6 +292,30 @@ def _plus(totals: UsageTotals, usage: UsageEvent) -> UsageTotals:
     )
 
 
+def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
+    """A finished child's result, as the run that finished it returned it (its usage was
+    counted then)."""
+    assert memo.result is not None
+    stop = decode_event(memo.result, known)
+    if not isinstance(stop, StopEvent):
+        raise SnapshotError(f"sub-workflow {memo.run_id!r} was kept with a {memo.result.type_id}")
+    return WorkflowResult(stop.result, stop, memo.run_id, Usage(), 0.0)
+
+
+def _child_memos(invocation: Invocation) -> list[ChildMemo]:
+    """The invocation's sub-workflows as a snapshot keeps them: results, or snapshots."""
+    memos = []
+    for index, done in sorted(invocation.memo.items()):
+        if isinstance(done, WorkflowResult):
+            done = ChildMemo(index=index, run_id=done.run_id, result=encode_event(done.event))
+        memos.append(done)
+    memos.extend(
+        ChildMemo(index=index, run_id=child.run_id, snapshot=child.capture().to_bytes())
+        for index, child in sorted(invocation.children.items())
+    )
+    return memos
+
+
 class _ActiveClock:
     """Active run time: stops while paused or only waiting for input; drives the timeout."""
 
@@ -318,6 +373,8 @@ class Run:
         # True once `Workflow.start` hands out a handler: then a human can answer requests.
         self.held = False
         self._start = start
+        self.parent: Run | None = None  # the run whose step runs this one (a sub-workflow)
+        self.depth = 0
         # A finished run attached to from its store: it ends at once with this.
         self.stored_outcome: WorkflowResult | WorkflowError | None = None
         self.run_id = restored.run_id if restored is not None else run_id or new_run_id()
@@ -383,7 +440,7 @@ class Run:
         slots = {slot.spec.name: slot for slot in self.slots}
         # Deliveries keep their routing order (a journal names them by it); snapshots that
         # predate it get fresh numbers after the highest kept one.
-        self._seq = max((work.seq for work in restored.pending), default=self._seq)
+        self._seq = max([restored.routed_seq, *(work.seq for work in restored.pending)])
         for request in restored.input_requests:
             self.input_requests[request.request_id] = self._envelope(request, None, quiet=True)
             self.publish(request)  # announced again: a subscriber with replay sees it
@@ -392,7 +449,9 @@ class Run:
                 envelope = Envelope(work.event, work.seq, work.source)
             else:
                 envelope = self._envelope(work.event, work.source, quiet=True)
-            slots[work.step].queue.append(Invocation(slots[work.step], envelope, work.attempt))
+            invocation = Invocation(slots[work.step], envelope, work.attempt)
+            invocation.memo.update((memo.index, memo) for memo in work.children)
+            slots[work.step].queue.append(invocation)
             self._queued += 1
 
     @property
@@ -701,6 +760,8 @@ class Run:
                 self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
             invocation.sent.clear()
+            invocation.calls = 0  # a retry runs the whole step again, its sub-workflows too
+            invocation.memo.clear()
             policy = invocation.slot.retry
             if policy is None or not policy.should_retry(error, invocation.attempt):
                 self.fail(_failure(spec.name, error))
@@ -813,6 +874,7 @@ class Run:
                     invocation.envelope.event,
                     tuple(envelope.event for envelope in envelopes),
                     invocation.attempt,
+                    invocation.delivery,
                 )
             )
         ready = self._route(envelopes)
@@ -931,17 +993,19 @@ class Run:
         input (the clock stops, the status says so) while only requests are outstanding;
         otherwise fail the stalled run.
         """
-        if self.in_flight or self.outcome is not None:
+        if self.outcome is not None:
             return
         if self._paused:
-            if self._answering:
-                return  # inline handler calls are still unwinding from their cancellation
+            if self._answering or self._running():
+                return  # steps still running, or inline calls still unwinding
             self.clock.stop()  # quiescent: draining was active time, the pause is not
             if self._pause_replies:
                 self._journal_status(RunStatus.PAUSED)
             for reply in self._pause_replies:
                 reply.set(None)
             self._pause_replies.clear()
+            return
+        if self.in_flight:
             return
         if self._queued or self._inbox_backlog or self._journaling:
             return  # work is waiting, or a command queued behind will check again
@@ -966,6 +1030,18 @@ class Run:
             )
         )
 
+    def _running(self) -> bool:
+        """A step is running: in flight and not parked on paused, quiescent sub-workflows."""
+        return any(
+            not inv.children or not all(child.quiescent for child in inv.children.values())
+            for inv in self.in_flight
+        )
+
+    @property
+    def quiescent(self) -> bool:
+        """Paused, with nothing running (its own sub-workflows included)."""
+        return self._paused and not self._answering and not self._running()
+
     def _wake(self) -> None:
         """Work arrived for a run that was waiting for input."""
         if self.status is RunStatus.WAITING_FOR_INPUT:
@@ -983,10 +1059,11 @@ class Run:
             self._record(HistoryKind.PAUSED, detail="cancel" if cancel_in_flight else "drain")
         for scope in self._answering.values():
             scope.cancel(reason="the run was paused")
-        if cancel_in_flight:
-            for invocation in self.in_flight:
-                if invocation.scope is not None:
-                    invocation.scope.cancel(reason="pause(cancel_in_flight=True)")
+        for invocation in self.in_flight:
+            for child in invocation.children.values():  # parked on its children, once paused
+                self._pause_child(child, cancel_in_flight)
+            if cancel_in_flight and invocation.scope is not None and not invocation.children:
+                invocation.scope.cancel(reason="pause(cancel_in_flight=True)")
         self._pause_replies.append(reply)
         self._went_quiet()
 
@@ -999,6 +1076,9 @@ class Run:
         self.clock.start()
         self._record(HistoryKind.RESUMED)
         self._journal_status(self.status)
+        for invocation in self.in_flight:
+            for child in invocation.children.values():
+                child.resume()
         for reply in self._pause_replies:
             reply.fail(RunFinished("the run was resumed before it was quiescent"))
         self._pause_replies.clear()
@@ -1034,6 +1114,7 @@ class Run:
                     inv.envelope.source,
                     inv.attempt,
                     inv.envelope.seq,
+                    _child_memos(inv),
                 )
                 for inv in self.pending()
             ],
@@ -1044,10 +1125,111 @@ class Run:
             refs=refs,
             active_time=self.clock.used,
             fingerprint=self.workflow.fingerprint,
+            routed_seq=self._seq,
         )
         self.workflow.check_portable(snapshot)
         self.refs.release(RefLifetime.UNTIL_SNAPSHOT)
         return snapshot
+
+    # -- sub-workflows -------------------------------------------------------------------
+
+    async def run_child(
+        self, workflow: object, input: Any, invocation: Invocation, index: int
+    ) -> WorkflowResult:
+        """`ctx.run_workflow`: a child run in the calling step's task and cancel scope.
+
+        A child this invocation already finished (before a pause, a snapshot or a crash) is
+        not run again; one that was going on resumes where it was.
+        """
+        if not isinstance(workflow, RunDefinition):
+            raise TypeError(f"run_workflow takes a Workflow, got {type(workflow).__name__}")
+        if self.depth >= MAX_SUB_WORKFLOW_DEPTH:
+            raise RecursionError(
+                f"sub-workflows nest at most {MAX_SUB_WORKFLOW_DEPTH} deep: "
+                f"{workflow.name!r} would be level {self.depth + 2}"
+            )
+        memo = invocation.memo.get(index)
+        if isinstance(memo, WorkflowResult):
+            return memo
+        if memo is not None and memo.result is not None:
+            return _memoized(memo, workflow._known())
+        child = await self._open_child(workflow, input, invocation, index, memo)
+        self._record(HistoryKind.CHILD_STARTED, step=invocation.step_name, detail=child.run_id)
+        invocation.children[index] = child
+        try:
+            await child.drive(lambda: self._begin_child(child))
+        finally:
+            del invocation.children[index]
+        self._record(
+            HistoryKind.CHILD_FINISHED,
+            step=invocation.step_name,
+            detail=f"{child.run_id}: {child.status}",
+        )
+        outcome = child.outcome
+        if isinstance(outcome, WorkflowResult):
+            invocation.memo[index] = outcome
+            if self._journal is not None:  # a re-run of this step after a crash takes it
+                memo = ChildMemo(
+                    index=index, run_id=child.run_id, result=encode_event(outcome.event)
+                )
+                self._journal.add(
+                    time.time(),
+                    step=invocation.step_name,
+                    child_of=invocation.delivery,
+                    child=memo,
+                    **self._since_last_record(),
+                )
+            return outcome
+        assert isinstance(outcome, WorkflowError)
+        raise outcome.fresh()
+
+    async def _open_child(
+        self,
+        workflow: RunDefinition,
+        input: Any,
+        invocation: Invocation,
+        index: int,
+        memo: ChildMemo | None,
+    ) -> Run:
+        store = self._journal.store if self._journal is not None else None
+        if memo is not None and memo.snapshot is not None:  # from a snapshot of this run
+            resume = WorkflowSnapshot.from_bytes(memo.snapshot)
+            child = await workflow._open(None, resume, None, False, self._on_commit, store)
+        else:
+            # Durable children get ids their re-run will find: a crashed parent's step
+            # attaches to the child in the store instead of running it twice.
+            run_id = (
+                f"{self.run_id}/{invocation.step_name}/{invocation.delivery}"
+                f".{invocation.attempt}/{index}"
+                if store is not None
+                else None
+            )
+            child = await workflow._open(
+                input, None, run_id, False, self._on_commit, store, parent=self.run_id
+            )
+        child.parent = self
+        child.depth = self.depth + 1
+        child._refs = self.refs  # one registry for the whole tree of runs
+        return child
+
+    def _begin_child(self, child: Run) -> None:
+        child.begin_as_opened()
+        if self._paused:  # started by a step that was draining: it waits paused too
+            self._pause_child(child, cancel_in_flight=False)
+
+    def _pause_child(self, child: Run, cancel_in_flight: bool) -> None:
+        if child.outcome is not None:
+            return
+        reply: Reply[None] = Reply()
+        child.pause(cancel_in_flight, reply)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._child_quiet, reply)
+
+    async def _child_quiet(self, reply: Reply[None]) -> None:
+        """Once a child is quiescent (or ended), this run may be too."""
+        with contextlib.suppress(WorkflowError):
+            await reply.wait()
+        self._went_quiet()
 
     # -- input ---------------------------------------------------------------------------
 
@@ -1133,21 +1315,34 @@ class Run:
 
     def publish(self, event: Event) -> None:
         self.broadcast.publish(event)
+        if self.parent is not None:  # a sub-workflow's stream reaches its parent's, tagged
+            self.parent.publish(
+                SubWorkflowEvent(run_id=self.run_id, workflow=self.workflow.name, event=event)
+            )
 
     def record_usage(self, usage: UsageEvent) -> None:
         """Add a model call's usage; a malformed one (a float token count...) is refused here,
         in the step that emits it, since it could not go into a snapshot."""
         problem = builtin_event_problem(usage)
-        totals = self.usage + usage
+        root = self
+        while root.parent is not None:  # the largest totals are the root's
+            root = root.parent
+        totals = root.usage + usage
         if problem is None and max(attrs.astuple(totals)) > INT64_MAX:
             problem = "the run's token totals would exceed a signed 64-bit count"
         if problem is not None:
             raise ValueError(f"emit_usage: {problem}")
-        self.usage = totals
+        self._add_usage(usage)
+        self.publish(usage)
+
+    def _add_usage(self, usage: UsageEvent) -> None:
+        """Count usage here and in every run above (a sub-workflow's usage is its parent's)."""
+        self.usage += usage
         self.cost_usd += usage.cost_usd
         if self._journal is not None:
             self._unjournaled_usage = _plus(self._unjournaled_usage, usage)
-        self.publish(usage)
+        if self.parent is not None:
+            self.parent._add_usage(usage)
 
     def _record(self, kind: HistoryKind, **fields: Any) -> None:
         if self.history is not None:
@@ -1200,7 +1395,7 @@ class Run:
             return
         self._record_end(outcome, status)
         outliving: dict[str, Any] = {}
-        if self._refs is not None:
+        if self._refs is not None and self.parent is None:  # sub-workflows share the root's
             self._refs.release(RefLifetime.UNTIL_RUN_END, RefLifetime.UNTIL_PARENT_FINISH)
             outliving = self._refs.live_objects()
         if isinstance(outcome, StopEvent):

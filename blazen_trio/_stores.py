@@ -9,7 +9,7 @@ journal stays bounded. The SQLite and PostgreSQL stores keep the same shape on d
 import builtins  # `list` is a method name of the stores
 import datetime
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, final, runtime_checkable
 
 import attrs
@@ -19,7 +19,7 @@ from ._codec import WorkflowSnapshot, encode_event
 from ._errors import CheckpointStoreError, UnknownInputRequest
 from ._events import InputResponseEvent
 from ._journal import fold
-from ._records import CheckpointInfo, JournalRecord, RunInfo, RunStatus
+from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 
 FINISHED: Final = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.ABORTED)
 """The statuses of runs that are over: what `prune` removes by default."""
@@ -77,15 +77,69 @@ def statuses_of(status: RunStatus | Iterable[RunStatus] | None) -> frozenset[Run
     return frozenset(RunStatus(item) for item in status)
 
 
-def answer_record(snapshot: WorkflowSnapshot, request_id: str, response: Any) -> JournalRecord:
+def check_compact_every(compact_every: object) -> int | None:
+    """`compact_every` as the stores take it: records between compactions, or None for never."""
+    if compact_every is not None and (type(compact_every) is not int or compact_every < 1):
+        raise ValueError(f"compact_every must be an int >= 1 or None, got {compact_every!r}")
+    return compact_every
+
+
+def compaction_due(compact_every: int | None, kept: int) -> bool:
+    """Whether a run keeping `kept` journal records after its base gets a new base now."""
+    return compact_every is not None and kept >= compact_every
+
+
+def no_run(run_id: str) -> CheckpointStoreError:
+    """The error for writing to a run the store does not hold."""
+    return CheckpointStoreError(f"no run {run_id!r} in this store")
+
+
+def check_follows(run_id: str, seq: int, last: int) -> None:
+    """Refuse a journal record that does not come right after the run's last one."""
+    if seq != last + 1:
+        raise CheckpointStoreError(
+            f"run {run_id!r}: journal record {seq} does not follow record "
+            f"{last} (another writer holds this run?)"
+        )
+
+
+def check_kept(run_id: str, at: int, base_seq: int, last: int) -> None:
+    """Refuse `load(at=)` for a record compaction dropped or one not yet written."""
+    if not base_seq <= at <= last:
+        raise CheckpointStoreError(
+            f"run {run_id!r}: record {at} is not kept (kept: {base_seq} to {last})"
+        )
+
+
+def status_after(status: RunStatus, records: Iterable[JournalRecord]) -> RunStatus:
+    """The run's status once `records` (in order) follow a base of `status`."""
+    for record in records:
+        status = record.status or status
+    return status
+
+
+def cutoff(clock: Callable[[], float], older_than: object) -> float:
+    """`prune`'s limit: runs updated before this time are old enough."""
+    if not isinstance(older_than, datetime.timedelta):
+        raise TypeError(f"older_than must be a datetime.timedelta, got {type(older_than).__name__}")
+    return clock() - older_than.total_seconds()
+
+
+def encode_answer(request_id: str, response: Any) -> EncodedEvent:
+    """`respond`'s answer in wire form, encoded by the caller (it may run the value's code)."""
+    return encode_event(InputResponseEvent(request_id=request_id, response=response))
+
+
+def answer_record(
+    snapshot: WorkflowSnapshot, request_id: str, answer: EncodedEvent, *, at: float
+) -> JournalRecord:
     """The record `respond` appends: the request answered, the answer kept for routing."""
     requests = {item.payload.get("request_id") for item in snapshot.input_requests}
     if request_id not in requests:
         raise UnknownInputRequest(request_id)
-    answer = encode_event(InputResponseEvent(request_id=request_id, response=response))
     return JournalRecord(
         seq=snapshot.journal_seq + 1,
-        at=time.time(),
+        at=at,
         answered=request_id,
         response=answer,
         status=RunStatus.RUNNING if len(requests) == 1 else None,
@@ -107,11 +161,10 @@ class _StoredRun:
         return fold(self.base, self.records)
 
     def info(self) -> RunInfo:
-        changes = (record.status for record in reversed(self.records) if record.status)
         return RunInfo(
             run_id=self.base.run_id,
             workflow_name=self.base.workflow_name,
-            status=next(changes, self.base.status),
+            status=status_after(self.base.status, self.records),
             created_at=self.created_at,
             updated_at=self.updated_at,
             seq=self.seq,
@@ -121,12 +174,20 @@ class _StoredRun:
 @final
 class MemoryCheckpointStore:
     """A checkpoint store in this process's memory: for tests and for runs that only need
-    pause, fork and history within one process. Nothing survives the process."""
+    pause, fork and history within one process. Nothing survives the process.
 
-    def __init__(self, *, compact_every: int | None = DEFAULT_COMPACT_EVERY) -> None:
-        if compact_every is not None and (type(compact_every) is not int or compact_every < 1):
-            raise ValueError(f"compact_every must be an int >= 1 or None, got {compact_every!r}")
-        self._compact_every = compact_every
+    `clock` gives the times the store records (`RunInfo.created_at`, `updated_at`) and
+    `prune` compares with; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        *,
+        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._compact_every = check_compact_every(compact_every)
+        self._clock = clock
         self._runs: dict[str, _StoredRun] = {}
 
     def __repr__(self) -> str:
@@ -134,7 +195,7 @@ class MemoryCheckpointStore:
 
     async def save(self, snapshot: WorkflowSnapshot) -> None:
         await trio.lowlevel.checkpoint()
-        now = time.time()
+        now = self._clock()
         stored = self._runs.get(snapshot.run_id)
         if stored is None:
             self._runs[snapshot.run_id] = _StoredRun(snapshot, [], now, now)
@@ -146,14 +207,10 @@ class MemoryCheckpointStore:
     async def append(self, run_id: str, record: JournalRecord) -> None:
         await trio.lowlevel.checkpoint()
         stored = self._stored(run_id)
-        if record.seq != stored.seq + 1:
-            raise CheckpointStoreError(
-                f"run {run_id!r}: journal record {record.seq} does not follow record "
-                f"{stored.seq} (another writer holds this run?)"
-            )
+        check_follows(run_id, record.seq, stored.seq)
         stored.records.append(record)
-        stored.updated_at = time.time()
-        if self._compact_every is not None and len(stored.records) >= self._compact_every:
+        stored.updated_at = self._clock()
+        if compaction_due(self._compact_every, len(stored.records)):
             stored.base = stored.latest()
             stored.records.clear()
 
@@ -164,11 +221,7 @@ class MemoryCheckpointStore:
             return None
         if at is None:
             return stored.latest()
-        if not stored.base.journal_seq <= at <= stored.seq:
-            raise CheckpointStoreError(
-                f"run {run_id!r}: record {at} is not kept (kept: {stored.base.journal_seq} to "
-                f"{stored.seq})"
-            )
+        check_kept(run_id, at, stored.base.journal_seq, stored.seq)
         return fold(stored.base, [r for r in stored.records if r.seq <= at])
 
     async def list(
@@ -202,12 +255,12 @@ class MemoryCheckpointStore:
         self, *, older_than: datetime.timedelta, statuses: Iterable[RunStatus] = FINISHED
     ) -> int:
         await trio.lowlevel.checkpoint()
-        cutoff = time.time() - _seconds(older_than)
+        limit = cutoff(self._clock, older_than)
         wanted = statuses_of(statuses) or frozenset()
         doomed = [
             run_id
             for run_id, stored in self._runs.items()
-            if stored.updated_at < cutoff and stored.info().status in wanted
+            if stored.updated_at < limit and stored.info().status in wanted
         ]
         for run_id in doomed:
             del self._runs[run_id]
@@ -215,17 +268,13 @@ class MemoryCheckpointStore:
 
     async def respond(self, run_id: str, request_id: str, response: Any) -> None:
         await trio.lowlevel.checkpoint()
+        answer = encode_answer(request_id, response)
         stored = self._stored(run_id)
-        await self.append(run_id, answer_record(stored.latest(), request_id, response))
+        record = answer_record(stored.latest(), request_id, answer, at=self._clock())
+        await self.append(run_id, record)
 
     def _stored(self, run_id: str) -> _StoredRun:
         stored = self._runs.get(run_id)
         if stored is None:
-            raise CheckpointStoreError(f"no run {run_id!r} in this store")
+            raise no_run(run_id)
         return stored
-
-
-def _seconds(age: object) -> float:
-    if not isinstance(age, datetime.timedelta):
-        raise TypeError(f"older_than must be a datetime.timedelta, got {type(age).__name__}")
-    return age.total_seconds()

@@ -287,8 +287,13 @@ def _start_event(input: Any) -> Event:
     return input if isinstance(input, Event) else StartEvent(data=input)
 
 
+PARENT_RUN_METADATA_KEY = "__blazen_parent_run"
+"""Base snapshot metadata of a durable sub-workflow: its parent's run id (recovery goes on with
+the parent, which finds its children)."""
+
+
 def _empty_snapshot(
-    workflow_name: str, run_id: str, fingerprint: dict[str, StepShape]
+    workflow_name: str, run_id: str, fingerprint: dict[str, StepShape], parent: str | None
 ) -> WorkflowSnapshot:
     """A new durable run's base in its store: nothing yet (its first record routes the start)."""
     return WorkflowSnapshot(
@@ -302,7 +307,7 @@ def _empty_snapshot(
         input_requests=[],
         usage=UsageTotals(),
         history=[],
-        metadata={},
+        metadata={PARENT_RUN_METADATA_KEY: parent} if parent else {},
         session_refs={},
         fingerprint=fingerprint,
     )
@@ -546,7 +551,7 @@ class Workflow:
         snapshots = []
         for info in await store.list(workflow=self.name, status=unfinished):
             snapshot = await store.load(info.run_id)
-            if snapshot is not None:
+            if snapshot is not None and PARENT_RUN_METADATA_KEY not in snapshot.metadata:
                 snapshots.append(snapshot)
         return snapshots
 
@@ -558,8 +563,13 @@ class Workflow:
         fork: bool,
         on_commit: CommitObserver | None,
         store: CheckpointStore | None,
+        *,
+        parent: str | None = None,
     ) -> Run:
-        """The run a `run` / `start` call asks for: new, resumed, forked or attached."""
+        """The run a `run` / `start` call asks for: new, resumed, forked or attached.
+
+        `parent`: the run id of the run whose step starts this one as a sub-workflow.
+        """
         if on_commit is not None and not callable(on_commit):
             raise TypeError(f"on_commit must be callable, got {on_commit!r}")
         if run_id is not None and (not isinstance(run_id, str) or not run_id):
@@ -574,7 +584,7 @@ class Workflow:
                 return self._attached(existing, on_commit, store)
         run = Run(self, on_commit=on_commit, store=store, run_id=run_id, start=_start_event(input))
         if store is not None:
-            await store.save(_empty_snapshot(self.name, run.run_id, self.fingerprint))
+            await store.save(_empty_snapshot(self.name, run.run_id, self.fingerprint, parent))
         return run
 
     async def _resumed(

@@ -50,6 +50,12 @@ CONTRACT_NAMES = {
     "SessionRefsNotSerializable",
     "UnknownInputRequest",
     "RunFinished",
+    "CheckpointStore",
+    "MemoryCheckpointStore",
+    "SqliteCheckpointStore",
+    "CheckpointStoreError",
+    "RunInfo",
+    "CheckpointInfo",
 }
 
 
@@ -131,6 +137,11 @@ FINAL_CLASSES = [
     "SessionRef",
     "GraphEdge",
     "WorkflowGraph",
+    "MemoryCheckpointStore",
+    "SqliteCheckpointStore",
+    "RunInfo",
+    "CheckpointInfo",
+    "JournalRecord",
 ]
 
 
