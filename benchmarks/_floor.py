@@ -395,37 +395,47 @@ RECORD_BYTES = 256
 """The payload of each raw commit: about one journal record of a chain step."""
 
 
-def wal_commits(path: Path, synchronous: str, commits: int) -> float:
-    """Seconds per commit of a minimal insert + commit loop in WAL mode (blocking)."""
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        connection.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        payload = os.urandom(RECORD_BYTES)
-        started = time.perf_counter()
-        for _ in range(commits):
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("INSERT INTO records (data) VALUES (?)", (payload,))
-            connection.execute("COMMIT")
-        return (time.perf_counter() - started) / commits
-    finally:
-        connection.close()
+class _WalLoop:
+    """A minimal insert + commit loop on a new WAL-mode file at `synchronous`."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        # Awaited commits may run on different worker threads, one at a time.
+        self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self.connection.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, data BLOB)")
+        self.payload = os.urandom(RECORD_BYTES)
+
+    def commit(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute("INSERT INTO records (data) VALUES (?)", (self.payload,))
+            self.connection.execute("COMMIT")
 
 
-async def _wal_round(synchronous: str, commits: int) -> Metrics:
-    """The loop runs in a worker thread, as a store's writer thread would run it."""
+async def _wal_round(synchronous: str, commits: int, hop: bool) -> Metrics:
+    """The whole loop in one worker thread (the limit), or each commit awaited from Trio
+    through its own `trio.to_thread.run_sync` round trip (`hop`)."""
     with tempfile.TemporaryDirectory(prefix="blazen-bench-") as directory:
-        path = Path(directory) / "wal.db"
-        per_commit = await trio.to_thread.run_sync(wal_commits, path, synchronous, commits)
-    return {"per_step": per_commit, "time": per_commit * commits}
+        loop = _WalLoop(Path(directory) / "wal.db", synchronous)
+        try:
+            started = time.perf_counter()
+            if hop:
+                for _ in range(commits):
+                    await trio.to_thread.run_sync(loop.commit)
+            else:
+                await trio.to_thread.run_sync(loop.commit, commits)
+            elapsed = time.perf_counter() - started
+        finally:
+            loop.connection.close()
+    return {"per_step": elapsed / commits, "time": elapsed}
 
 
 def durable(job: Job) -> Callable[[], Metrics]:
-    if job["shape"] != "wal":
+    if job["shape"] not in ("wal", "walhop"):
         raise ValueError(f"the floor measures only the raw WAL commit, not {job['shape']!r}")
-    synchronous, commits = str(job["store"]), count(job, "commits")
-    return in_fresh_loop(lambda: _wal_round(synchronous, commits))
+    synchronous, commits, hop = str(job["store"]), count(job, "commits"), job["shape"] == "walhop"
+    return in_fresh_loop(lambda: _wal_round(synchronous, commits, hop))
 
 
 SCENARIOS: dict[str, Prepare] = {

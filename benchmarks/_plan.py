@@ -177,7 +177,9 @@ def durable_plans(mode: Mode) -> list[Plan]:
     runs = {"shape": "runs", "steps": mode.durable_run_steps, "runs": mode.durable_runs}
     peers = {"dbos", "langgraph"}
     out = [
-        _durable("wal", {"shape": "wal", "commits": mode.wal_commits}, s, {FLOOR}) for s in SYNCS
+        _durable(shape, {"shape": shape, "commits": mode.wal_commits}, s, {FLOOR})
+        for shape in ("wal", "walhop")
+        for s in SYNCS
     ]
     for key, params in (("dchain", chain), ("druns", runs)):
         out += [
@@ -298,6 +300,7 @@ def durable_rows(mode: Mode) -> list[DurableRow]:
     runs = f"{mode.durable_runs:,} concurrent runs x {mode.durable_run_steps} durable steps"
     workloads = {
         "wal": f"raw SQLite WAL commit (insert + commit loop, {mode.wal_commits:,} commits)",
+        "walhop": f"raw SQLite WAL commit (insert + commit loop, {mode.wal_commits:,} commits)",
         "dchain": f"chain of {mode.durable_chain:,} durable steps",
         "druns": runs,
         **{
