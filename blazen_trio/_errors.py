@@ -135,21 +135,25 @@ class CheckpointStoreError(WorkflowError):
 
 
 class RunSuspended(WorkflowError):
-    """A durable run started by `Workflow.run` is waiting only for input: its process lets it go.
+    """This process let go of a durable run that is kept, unfinished, in its store.
 
-    The run is kept in its checkpoint store as `waiting_for_input`; answer with
-    `await store.respond(run_id, request_id, response)` from any process, then
-    `await workflow.recover(store)` continues it.
+    Either it waits only for input (started by `Workflow.run`, nobody here can answer): answer
+    with `await store.respond(run_id, request_id, response)` from any process, then
+    `await workflow.recover(store)` continues it. Or it was paused when its `Workflow.start`
+    block was left: `workflow.run(resume=await store.load(run_id))` goes on with it.
     """
 
     def __init__(self, run_id: str, request_ids: list[str]) -> None:
         self.run_id = run_id
         self.request_ids = tuple(request_ids)
-        super().__init__(
-            f"run {run_id} is suspended, waiting for input request(s) "
-            f"{', '.join(map(repr, self.request_ids))}; answer with store.respond(...) and "
-            "continue it with workflow.recover(store)"
-        )
+        if self.request_ids:
+            super().__init__(
+                f"run {run_id} is suspended, waiting for input request(s) "
+                f"{', '.join(map(repr, self.request_ids))}; answer with store.respond(...) "
+                "and continue it with workflow.recover(store)"
+            )
+        else:
+            super().__init__(f"run {run_id} is paused in its store; resume it from there")
 
 
 class RunCrashed(WorkflowError):

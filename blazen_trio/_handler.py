@@ -77,6 +77,15 @@ class WorkflowHandler(metaclass=NoPublicConstructor):
         """
         return types.MappingProxyType(self._run.state.values)
 
+    async def wait_for_status(self, *statuses: RunStatus) -> RunStatus:
+        """Wait until the run's status is one of `statuses` (or the run ended); the status.
+
+        `await handler.wait_for_status(RunStatus.WAITING_FOR_INPUT)` wakes once only answers
+        can move the run, say.
+        """
+        wanted = frozenset(RunStatus(status) for status in statuses)
+        return await self._run.wait_for_status(wanted)
+
     def statistics(self) -> RunStatistics:
         """The run's numbers now (in flight, queued, outstanding requests, commits, time)."""
         run = self._run

@@ -201,10 +201,9 @@ class Invocation:
         return first
 
     def send(self, event: Event) -> None:
-        """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
-        spec = self.slot.spec
-        if not spec.may_emit(type(event)):
-            self.refused = _undeclared(spec, event, "sent")
+        """`ctx.send_event`: keep the event for the commit, if the step may emit it."""
+        self.refused = _emit_problem(self.slot.spec, event, "sent")
+        if self.refused is not None:
             raise self.refused
         self.sent.append(event)
 
@@ -233,6 +232,17 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
         f"step {spec.name!r} returned {type(output).__qualname__}; a step returns an Event, "
         "a list of Events, or None",
     )
+
+
+def _emit_problem(spec: StepSpec, event: Event, how: str) -> StepFailed | None:
+    """Why `spec` may not emit `event`: a type it does not declare, a malformed request."""
+    if not spec.may_emit(type(event)):
+        return _undeclared(spec, event, how)
+    if type(event) is InputRequestEvent:
+        problem = builtin_event_problem(event)
+        if problem is not None:
+            return StepFailed(spec.name, f"invalid input request: {problem}")
+    return None
 
 
 def _undeclared(spec: StepSpec, event: Event, how: str) -> StepFailed:
@@ -381,7 +391,8 @@ class Run:
         self.restored = restored is not None
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
-        self.status = RunStatus.RUNNING
+        self._status = RunStatus.RUNNING
+        self._status_changed = trio.Event()
         self.usage = Usage()
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
@@ -392,6 +403,7 @@ class Run:
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
         self._on_commit = on_commit
+        self._targets = workflow.targets
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -457,6 +469,27 @@ class Run:
     @property
     def workflow_name(self) -> str:
         return self.workflow.name
+
+    @property
+    def status(self) -> RunStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: RunStatus) -> None:
+        if status is not self._status:
+            self._status = status
+            self._announce_status()
+
+    def _announce_status(self) -> None:
+        self._status_changed.set()
+        self._status_changed = trio.Event()
+
+    async def wait_for_status(self, wanted: frozenset[RunStatus]) -> RunStatus:
+        """Wait until the run's status is one of `wanted`, or the run has ended."""
+        while self._status not in wanted and self.outcome is None:
+            await self._status_changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._status
 
     @property
     def refs(self) -> SessionRefRegistry:
@@ -620,9 +653,7 @@ class Run:
         """Record how the run ended (a completed run's last commit already says so)."""
         outcome = self.outcome
         if isinstance(outcome, RunSuspended):
-            journal.add(
-                time.time(), status=RunStatus.WAITING_FOR_INPUT, **self._since_last_record()
-            )
+            journal.add(time.time(), status=self.status, **self._since_last_record())
         elif isinstance(outcome, WorkflowError) and not self._abandoned:
             journal.add(
                 time.time(),
@@ -715,7 +746,12 @@ class Run:
         with trio.CancelScope() as scope:
             while current is not None:
                 current.scope = scope
-                following = await self._execute(current)
+                if self.outcome is not None:  # the run ended before this invocation started
+                    return
+                if self._paused:  # dispatched before the pause but not started: it waits
+                    self._requeue(current)
+                    return
+                following = await self._attempts(current)
                 current = following
                 if following is not None:
                     following.scope = scope  # reachable by a pause during the checkpoint
@@ -727,20 +763,14 @@ class Run:
 
     # -- one invocation ------------------------------------------------------------------
 
-    async def _execute(self, invocation: Invocation) -> Invocation | None:
-        """Run one invocation to its commit; returns the worker's next invocation."""
-        if self.outcome is not None:  # the run ended before this invocation started
-            return None
-        if self._paused:  # dispatched before the pause but not started: it waits
-            self._requeue(invocation)
-            return None
-        return await self._attempts(invocation)
-
     async def _attempts(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
-            error, output = await self._attempt(invocation)
+            if spec.timeout is None:  # no scope of its own: the worker's is enough
+                error, output = await self._call(invocation)
+            else:
+                error, output = await self._attempt_within(invocation, spec.timeout)
             if invocation.refused is not None:  # a programming error: never retried
                 self.fail(invocation.refused)
                 return None
@@ -778,15 +808,15 @@ class Run:
                 )
             await trio.sleep(policy.delay_before(invocation.attempt))
 
-    async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
-        spec = invocation.slot.spec
-        if spec.timeout is None:  # no scope of its own: the invocation's is enough
-            return await self._call(invocation)
+    async def _attempt_within(
+        self, invocation: Invocation, seconds: float
+    ) -> tuple[Exception | None, Any]:
+        """One attempt under the step's timeout, in a cancel scope of its own."""
         with trio.CancelScope() as scope:
-            scope.relative_deadline = spec.timeout
+            scope.relative_deadline = seconds
             return await self._call(invocation)
         assert scope.cancelled_caught
-        return StepTimeout(spec.name, spec.timeout), None
+        return StepTimeout(invocation.slot.spec.name, seconds), None
 
     async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
         """One call of the step: its output, or its exception as data for the run.
@@ -832,39 +862,38 @@ class Run:
         ready = self.commit(invocation, envelopes)
         if not ready:
             return None
-        self.spawn(ready[1:])
+        if len(ready) > 1:
+            self.spawn(ready[1:])
         return ready[0]
 
     def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
-        """Sent events, then the returned ones; None (the run failed) for a wrong return."""
-        spec = invocation.slot.spec
+        """Sent events, then the returned ones; None (the run failed) for a wrong return.
+
+        Sent events were checked when sent (`Invocation.send`).
+        """
         if isinstance(output, Event):
-            returned = [output]
+            returned: list[Event] = [output]
         elif output is None:
             return invocation.sent
         elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
             returned = output
         else:
-            self.fail(_bad_return(spec, output))
+            self.fail(_bad_return(invocation.slot.spec, output))
             return None
         for event in returned:
-            if not spec.may_emit(type(event)):
-                self.fail(_undeclared(spec, event, "returned"))
-                return None
-        events = [*invocation.sent, *returned]
-        for event in events:
-            problem = builtin_event_problem(event) if type(event) is InputRequestEvent else None
+            problem = _emit_problem(invocation.slot.spec, event, "returned")
             if problem is not None:
-                self.fail(StepFailed(spec.name, f"invalid input request: {problem}"))
+                self.fail(problem)
                 return None
-        return events
+        return [*invocation.sent, *returned] if invocation.sent else returned
 
     # -- routing -------------------------------------------------------------------------
 
     def commit(self, invocation: Invocation, envelopes: list[Envelope]) -> list[Invocation]:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
         self.in_flight.discard(invocation)
-        self.state.settle(invocation.undo)
+        if invocation.undo:
+            self.state.settle(invocation.undo)
         self.commits += 1
         if self._on_commit is not None:
             self._on_commit(
@@ -878,7 +907,8 @@ class Run:
                 )
             )
         ready = self._route(envelopes)
-        ready.extend(self._release(invocation))
+        if invocation.slot.limiter is not None:
+            ready.extend(self._release(invocation))
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready
@@ -904,7 +934,7 @@ class Run:
             if isinstance(event, InputRequestEvent):
                 self._request_input(envelope)
                 continue
-            targets = self.workflow.targets(type(event))
+            targets = self._targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
@@ -1386,6 +1416,14 @@ class Run:
     def fail(self, error: WorkflowError) -> None:
         self._finish(error, RunStatus.FAILED)
 
+    @property
+    def durable(self) -> bool:
+        return self._journal is not None
+
+    def release(self) -> None:
+        """Let go of a paused durable run here: it stays paused in its store."""
+        self._finish(RunSuspended(self.run_id, list(self.input_requests)), self.status)
+
     def abort(self) -> None:
         self._finish(WorkflowAborted(f"run {self.run_id} was aborted"), RunStatus.ABORTED)
 
@@ -1412,6 +1450,7 @@ class Run:
         else:
             self.outcome = outcome
         self.status = status
+        self._announce_status()  # the run ended, even if its status did not change
         self._ended.set()
         self._cancel_the_rest(f"the run ended ({status})")
         self.broadcast.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import inspect
 import re
@@ -283,6 +284,10 @@ def _with_subclasses(types: Iterable[type[Event]]) -> set[type[Event]]:
     return found
 
 
+# A durable run left in one of these states is kept in its store, not aborted.
+_KEPT_WHEN_LEFT = frozenset({RunStatus.PAUSED, RunStatus.WAITING_FOR_INPUT})
+
+
 def _start_event(input: Any) -> Event:
     return input if isinstance(input, Event) else StartEvent(data=input)
 
@@ -392,6 +397,17 @@ class Workflow:
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} with {len(self.steps)} steps>"
 
+    def with_checkpoint_store(self, store: CheckpointStore | None) -> Workflow:
+        """This workflow, with its runs durable in `store` (None: not durable); a copy.
+
+        For a definition shared between programs: the command line's `--store`, a test.
+        """
+        if store is not None and not isinstance(store, CheckpointStore):
+            raise TypeError(f"expected a CheckpointStore or None, got {store!r}")
+        durable = copy.copy(self)
+        durable.checkpoint_store = store
+        return durable
+
     def targets(self, event_type: type[Event]) -> tuple[int, ...]:
         """Indices of the steps an event of this type is routed to (cached per class)."""
         found = self._targets.get(event_type)
@@ -484,7 +500,10 @@ class Workflow:
                     yield WorkflowHandler._create(run)
                 except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
                     escaping = exc
-                run.abort()
+                if run.durable and run.status in _KEPT_WHEN_LEFT:
+                    run.release()  # kept in its store, to resume or answer later
+                else:
+                    run.abort()
         except BaseExceptionGroup as group:  # KeyboardInterrupt in a step, say: not a group
             raise only_exception(group) from None
         if escaping is not None:

@@ -1,8 +1,14 @@
-"""The `blazen-trio` command: run a workflow, draw its graph, or look inside a snapshot.
+"""The `blazen-trio` command: run workflows (durably, on a SQLite store), look inside them.
 
 blazen-trio run examples.word_report:workflow --input '{"documents": ["trio"]}'
+blazen-trio run examples.word_report:workflow --store runs.db --run-id r1   # durable
+blazen-trio runs list --store runs.db
+blazen-trio runs recover examples.word_report:workflow --store runs.db       # after a crash
 blazen-trio graph examples.word_report:workflow
 blazen-trio inspect run.snapshot
+
+A durable run interrupted with Ctrl-C is paused at its next commit and kept in its store; the
+command prints how to resume it.
 
 Every error is one line on stderr. Exit status: 0 done, 1 the run (or reading a snapshot)
 failed, 2 a usage error (bad arguments, a target that does not load), 130 interrupted
@@ -12,19 +18,25 @@ failed, 2 a usage error (bad arguments, a target that does not load), 130 interr
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
 import msgspec
 import trio
 
 from . import __version__
-from ._codec import WorkflowSnapshot, resolve_type_path
-from ._errors import SnapshotError, WorkflowError
+from ._codec import WorkflowSnapshot, decode_value, resolve_type_path
+from ._errors import RunSuspended, SnapshotError, WorkflowError
+from ._records import RunStatus
+from ._sqlite import SqliteCheckpointStore
+from ._stores import FINISHED
 from ._workflow import Workflow
 
 EXIT_FAILED = 1
@@ -74,18 +86,234 @@ def _read_snapshot(path: Path) -> WorkflowSnapshot:
     return WorkflowSnapshot.from_bytes(data)
 
 
-async def _run(workflow: Workflow, value: Any, snapshot: WorkflowSnapshot | None) -> Any:
-    async with workflow.start(None if snapshot else value, resume=snapshot) as handler:
-        async for event in handler.stream_events():
-            print(msgspec.json.encode({type(event).__name__: event}).decode(), flush=True)
+async def _stream(
+    workflow: Workflow,
+    value: Any,
+    snapshot: WorkflowSnapshot | None,
+    run_id: str | None = None,
+    fork: bool = False,
+) -> Any:
+    """Run, printing the stream as JSON lines; Ctrl-C pauses a durable run and keeps it."""
+    async with workflow.start(
+        None if snapshot else value, resume=snapshot, run_id=run_id, fork=fork
+    ) as handler:
+        if workflow.checkpoint_store is None:
+            await _print_stream(handler)
+            return (await handler.result()).result
+        with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pause_on_interrupt, interrupts, handler, nursery.cancel_scope)
+                nursery.start_soon(_leave_when_waiting, handler, nursery.cancel_scope)
+                await _print_stream(handler)
+                nursery.cancel_scope.cancel()
+        if handler.status is RunStatus.PAUSED:
+            raise _Paused(handler.run_id)
+        if handler.status is RunStatus.WAITING_FOR_INPUT:  # kept in the store, to answer
+            requests = [request.request_id for request in handler.pending_input_requests]
+            return _Suspended(handler.run_id, requests)
         return (await handler.result()).result
+
+
+async def _print_stream(handler: Any) -> None:
+    async for event in handler.stream_events():
+        print(msgspec.json.encode({type(event).__name__: event}).decode(), flush=True)
+
+
+async def _pause_on_interrupt(interrupts: Any, handler: Any, printing: trio.CancelScope) -> None:
+    async for _ in interrupts:
+        await handler.pause()  # the steps running finish and commit; nothing more starts
+        printing.cancel()
+        return
+
+
+async def _leave_when_waiting(handler: Any, printing: trio.CancelScope) -> None:
+    """A durable run with nothing to do but wait for answers is let go, kept in its store."""
+    if await handler.wait_for_status(RunStatus.WAITING_FOR_INPUT) is RunStatus.WAITING_FOR_INPUT:
+        printing.cancel()
+
+
+@attrs.frozen
+class _Suspended:
+    """A durable run left waiting for answers (printed, exit status 0)."""
+
+    run_id: str
+    requests: list[str]
+
+
+class _Paused(Exception):
+    """Ctrl-C paused a durable run, kept in its store (exit status 130)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def _with_store(
+    args: argparse.Namespace, work: Callable[[SqliteCheckpointStore], Awaitable[Any]]
+) -> Any:
+    """`work(store)` in a Trio run, with the `--store` file open."""
+
+    async def main() -> Any:
+        async with SqliteCheckpointStore(args.store, durability=args.durability) as store:
+            return await work(store)
+
+    return trio.run(main)
 
 
 def _command_run(args: argparse.Namespace) -> int:
     workflow = _load_workflow(args.workflow)
     snapshot = _read_snapshot(args.resume) if args.resume else None
-    result = trio.run(_run, workflow, args.input, snapshot)
+    if args.store is None:
+        if args.run_id is not None:
+            raise _UsageError("--run-id names a durable run: give --store too")
+        result = trio.run(_stream, workflow, args.input, snapshot)
+    else:
+
+        async def durable(store: SqliteCheckpointStore) -> Any:
+            durable_workflow = workflow.with_checkpoint_store(store)
+            return await _stream(durable_workflow, args.input, snapshot, args.run_id)
+
+        return _print_outcome(args, durable)
     print(json.dumps({"result": result}, default=repr))
+    return 0
+
+
+def _info(info: Any) -> dict[str, Any]:
+    return {
+        "run_id": info.run_id,
+        "workflow": info.workflow_name,
+        "status": str(info.status),
+        "seq": info.seq,
+        "created_at": _when(info.created_at),
+        "updated_at": _when(info.updated_at),
+    }
+
+
+def _when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _command_runs_list(args: argparse.Namespace) -> int:
+    async def work(store: SqliteCheckpointStore) -> list[Any]:
+        return await store.list(workflow=args.workflow, status=args.status)
+
+    for info in _with_store(args, work):
+        print(json.dumps(_info(info)))
+    return 0
+
+
+async def _stored(store: SqliteCheckpointStore, run_id: str, at: int | None = None) -> Any:
+    snapshot = await store.load(run_id, at=at)
+    if snapshot is None:
+        raise _UsageError(f"no run {run_id!r} in {store!r}")
+    return snapshot
+
+
+def _command_runs_show(args: argparse.Namespace) -> int:
+    async def work(store: SqliteCheckpointStore) -> WorkflowSnapshot:
+        snapshot: WorkflowSnapshot = await _stored(store, args.run_id)
+        return snapshot
+
+    snapshot = _with_store(args, work)
+    summary = _summary(snapshot)
+    summary["journal_seq"] = snapshot.journal_seq
+    if snapshot.result is not None:
+        summary["result"] = decode_value(snapshot.result.payload.get("result"), key="result")
+    if snapshot.error is not None:
+        summary["error"] = snapshot.error
+    print(json.dumps(summary, indent=2, default=repr))
+    return 0
+
+
+def _command_runs_history(args: argparse.Namespace) -> int:
+    async def work(store: SqliteCheckpointStore) -> list[Any]:
+        await _stored(store, args.run_id)
+        return await store.history(args.run_id)
+
+    for checkpoint in _with_store(args, work):
+        print(
+            json.dumps({"seq": checkpoint.seq, "step": checkpoint.step, "at": _when(checkpoint.at)})
+        )
+    return 0
+
+
+def _command_runs_resume(args: argparse.Namespace) -> int:
+    """Go on with one stored run: paused, or left running by a crash."""
+    workflow = _load_workflow(args.workflow)
+
+    async def work(store: SqliteCheckpointStore) -> Any:
+        snapshot = await _stored(store, args.run_id)
+        if snapshot.status in FINISHED:
+            raise _UsageError(f"run {args.run_id!r} already ended ({snapshot.status})")
+        return await _stream(workflow.with_checkpoint_store(store), None, snapshot)
+
+    return _print_outcome(args, work)
+
+
+def _command_runs_fork(args: argparse.Namespace) -> int:
+    """Go on from an earlier record of a stored run, under a new run id."""
+    workflow = _load_workflow(args.workflow)
+
+    async def work(store: SqliteCheckpointStore) -> Any:
+        snapshot = await _stored(store, args.run_id, args.at)
+        return await _stream(
+            workflow.with_checkpoint_store(store), None, snapshot, args.new_run_id, fork=True
+        )
+
+    return _print_outcome(args, work)
+
+
+def _print_outcome(
+    args: argparse.Namespace, work: Callable[[SqliteCheckpointStore], Awaitable[Any]]
+) -> int:
+    try:
+        result = _with_store(args, work)
+    except _Paused as paused:
+        hint = f"blazen-trio runs resume {paused.run_id} {args.workflow} --store {args.store}"
+        return _fail(f"paused run {paused.run_id}; go on with: {hint}", EXIT_INTERRUPTED)
+    if isinstance(result, _Suspended):
+        print(json.dumps({"suspended": result.run_id, "input_requests": result.requests}))
+        then = f"blazen-trio runs recover {args.workflow} --store {args.store}"
+        answer = f"blazen-trio runs respond {result.run_id} REQUEST_ID --response JSON"
+        _say(f"run {result.run_id} waits for input; answer with: {answer}, then: {then}")
+        return 0
+    print(json.dumps({"result": result}, default=repr))
+    return 0
+
+
+def _command_runs_recover(args: argparse.Namespace) -> int:
+    """Go on with every unfinished run of a workflow (after a crash); one line per run."""
+    workflow = _load_workflow(args.workflow)
+
+    async def work(store: SqliteCheckpointStore) -> dict[str, Any]:
+        return await workflow.recover(store)
+
+    status = 0
+    for run_id, outcome in _with_store(args, work).items():
+        if isinstance(outcome, WorkflowError):
+            kind = "suspended" if isinstance(outcome, RunSuspended) else "failed"
+            status = status if kind == "suspended" else EXIT_FAILED
+            print(json.dumps({"run_id": run_id, kind: str(outcome)}))
+        else:
+            print(json.dumps({"run_id": run_id, "result": outcome.result}, default=repr))
+    return status
+
+
+def _command_runs_respond(args: argparse.Namespace) -> int:
+    async def work(store: SqliteCheckpointStore) -> None:
+        await _stored(store, args.run_id)
+        await store.respond(args.run_id, args.request_id, args.response)
+
+    _with_store(args, work)
+    return 0
+
+
+def _command_runs_prune(args: argparse.Namespace) -> int:
+    async def work(store: SqliteCheckpointStore) -> int:
+        age = datetime.timedelta(days=args.older_than_days)
+        return await store.prune(older_than=age, statuses=args.status or FINISHED)
+
+    print(json.dumps({"pruned": _with_store(args, work)}))
     return 0
 
 
@@ -97,10 +325,16 @@ def _command_graph(args: argparse.Namespace) -> int:
 def _command_inspect(args: argparse.Namespace) -> int:
     snapshot = _read_snapshot(args.snapshot)
     snapshot.validate()
+    print(json.dumps(_summary(snapshot), indent=2))
+    return 0
+
+
+def _summary(snapshot: WorkflowSnapshot) -> dict[str, Any]:
+    """What a snapshot holds, for people: counts and names rather than payloads."""
     pending: dict[str, int] = {}
     for item in snapshot.pending_events:
         pending[item.event.type_id] = pending.get(item.event.type_id, 0) + 1
-    summary = {
+    return {
         "workflow": snapshot.workflow_name,
         "run_id": snapshot.run_id,
         "version": snapshot.version,
@@ -115,8 +349,60 @@ def _command_inspect(args: argparse.Namespace) -> int:
         "session_refs": sorted(snapshot.session_refs),
         "active_time": snapshot.active_time,
     }
-    print(json.dumps(summary, indent=2))
-    return 0
+
+
+def _store_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--store", type=Path, required=required, help="the SQLite checkpoint store (a file)"
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["full", "normal"],
+        default="full",
+        help="full survives power loss, normal only crashes of the process",
+    )
+
+
+def _runs_commands(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="durable runs kept in a store").add_subparsers(
+        dest="runs_command", required=True
+    )
+    listing = runs.add_parser("list", help="the stored runs, one JSON line each")
+    listing.add_argument("--workflow", help="only runs of this workflow (its name)")
+    listing.add_argument("--status", type=RunStatus, action="append", help="only these")
+    listing.set_defaults(handle=_command_runs_list)
+    for name, handle, what in (
+        ("show", _command_runs_show, "what a stored run holds"),
+        ("history", _command_runs_history, "its journal: one line per committed step"),
+    ):
+        command = runs.add_parser(name, help=what)
+        command.add_argument("run_id")
+        command.set_defaults(handle=handle)
+        _store_options(command)
+    resume = runs.add_parser("resume", help="go on with a paused (or crashed) run")
+    resume.add_argument("run_id")
+    resume.add_argument("workflow", help="MODULE:ATTRIBUTE of its Workflow")
+    resume.set_defaults(handle=_command_runs_resume)
+    fork = runs.add_parser("fork", help="go on from an earlier record under a new run id")
+    fork.add_argument("run_id")
+    fork.add_argument("workflow", help="MODULE:ATTRIBUTE of its Workflow")
+    fork.add_argument("--at", type=int, required=True, help="the journal record to go on from")
+    fork.add_argument("--new-run-id", help="the fork's run id (default: a fresh one)")
+    fork.set_defaults(handle=_command_runs_fork)
+    recover = runs.add_parser("recover", help="go on with every unfinished run of a workflow")
+    recover.add_argument("workflow", help="MODULE:ATTRIBUTE of a Workflow")
+    recover.set_defaults(handle=_command_runs_recover)
+    respond = runs.add_parser("respond", help="answer an input request of a stored run")
+    respond.add_argument("run_id")
+    respond.add_argument("request_id")
+    respond.add_argument("--response", type=_json, required=True, help="the answer, as JSON")
+    respond.set_defaults(handle=_command_runs_respond)
+    prune = runs.add_parser("prune", help="delete finished runs not updated for a while")
+    prune.add_argument("--older-than-days", type=float, required=True)
+    prune.add_argument("--status", type=RunStatus, action="append", help="default: finished")
+    prune.set_defaults(handle=_command_runs_prune)
+    for command in (listing, resume, fork, recover, respond, prune):
+        _store_options(command)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +414,10 @@ def _parser() -> argparse.ArgumentParser:
     start = run.add_mutually_exclusive_group()  # a resumed run goes on from its snapshot
     start.add_argument("--input", type=_json, help="the start value, as JSON")
     start.add_argument("--resume", type=Path, help="resume this snapshot file instead")
+    _store_options(run, required=False)
+    run.add_argument("--run-id", help="the durable run's id (an existing one is attached to)")
     run.set_defaults(handle=_command_run)
+    _runs_commands(commands)
     graph = commands.add_parser("graph", help="print a workflow's graph as Mermaid")
     graph.add_argument("workflow", help="MODULE:ATTRIBUTE of a Workflow")
     graph.set_defaults(handle=_command_graph)
@@ -161,8 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, status: int) -> int:
     """Say what went wrong in one line on stderr; returns `status`."""
-    print(f"blazen-trio: {' '.join(message.split())}", file=sys.stderr)
+    _say(message)
     return status
+
+
+def _say(message: str) -> None:
+    """One line for people on stderr (stdout carries JSON for programs)."""
+    print(f"blazen-trio: {' '.join(message.split())}", file=sys.stderr)
 
 
 def _interrupted(exc: BaseException) -> bool:

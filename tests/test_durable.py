@@ -359,3 +359,34 @@ async def test_a_compatible_change_resumes(autojump_clock: trio.testing.MockCloc
     snapshot = await _paused_with_work_for_ship()
     result = await versioned(Order, extra_step=True).run(resume=snapshot)
     assert result.result == "shipped"
+
+
+async def test_leaving_start_with_a_paused_durable_run_keeps_it_paused_in_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = bz.MemoryCheckpointStore()
+    effects: Effects = Counter()
+    async with fanning(effects, store).start("x", run_id="held") as handler:
+        await trio.sleep(6)
+        await handler.pause()
+    assert [(i.run_id, i.status) for i in await store.list()] == [("held", bz.RunStatus.PAUSED)]
+    assert await fanning(effects, store).recover() == {}  # paused runs wait for a person
+    snapshot = await store.load("held")
+    assert snapshot is not None
+    result = await fanning(effects, store).run(resume=snapshot)
+    assert result.result == [0, 1, 2, 3]
+    assert sum(effects.values()) == 5  # nothing ran twice
+
+
+async def test_open_recovery_hands_out_a_handler_per_run_going_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = bz.MemoryCheckpointStore()
+    effects: Effects = Counter()
+    for run_id in ("one", "two"):
+        await _crash_after(fanning(effects, store), 7.5, run_id)
+    async with fanning(effects, store).open_recovery() as handlers:
+        assert sorted(handlers) == ["one", "two"]
+        results = [await handler.result() for handler in handlers.values()]
+    assert [r.result for r in results] == [[0, 1, 2, 3]] * 2
+    assert {i.status for i in await store.list()} == {bz.RunStatus.COMPLETED}

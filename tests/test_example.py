@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import trio
 import trio.testing
@@ -43,9 +45,11 @@ async def test_a_failed_fetch_is_retried(autojump_clock: trio.testing.MockClock)
 
 
 async def test_the_example_prints_the_retry_and_the_result(
-    autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: pathlib.Path,
 ) -> None:
-    await word_report.main()
+    await word_report.main(str(tmp_path / "word_report.db"))
     lines = capsys.readouterr().out.splitlines()
     [flaky] = word_report.FLAKY
     failed = f"errored   count_words attempt 1: ConnectionError: fetching {flaky!r} timed out"
@@ -53,3 +57,4 @@ async def test_the_example_prints_the_retry_and_the_result(
     assert "retrying  count_words attempt 2" in lines
     assert lines.index(failed) < lines.index("retrying  count_words attempt 2")
     assert f"result    {EVERY_DOCUMENT}" in lines
+    assert any(line.startswith("stored    ") and "journal records" in line for line in lines)
