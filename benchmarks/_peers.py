@@ -128,11 +128,12 @@ def find_peers(directory: Path, overrides: dict[str, Path]) -> list[FoundPeer]:
     An override with a name that is not a known peer adds a peer driven like LlamaIndex.
     """
     known = {peer.name: peer for peer in PEERS}
-    llama = known["llama-latest"]
     names = [*known, *(name for name in overrides if name not in known)]
     found = []
     for name in names:
-        peer = known.get(name) or attrs.evolve(llama, name=name, requirements=())
+        peer = known.get(name) or Peer(
+            name, "LlamaIndex", (), "benchmarks._peer_llama", LLAMA_SCENARIOS
+        )
         python = overrides.get(name, venv_python(directory / name))
         why = directory / name / UNAVAILABLE
         if why.exists() and name not in overrides:
