@@ -392,6 +392,53 @@ def new_run_id() -> str:
 class Run:
     """The state and tasks of one workflow run; driven by `Workflow.run` / `Workflow.start`."""
 
+    # Slots: a parked run is mostly this object; 10,000 of them should not weigh a dict each.
+    __slots__ = (
+        "_abandoned",
+        "_answering",
+        "_end_notes",
+        "_ended",
+        "_inbox_backlog",
+        "_inbox_send",
+        "_journal",
+        "_journaled_history",
+        "_journaling",
+        "_lifecycle",
+        "_nursery",
+        "_observed",
+        "_on_commit",
+        "_pause_replies",
+        "_paused",
+        "_queued",
+        "_refs",
+        "_seq",
+        "_start",
+        "_status",
+        "_status_changed",
+        "_stored_responses",
+        "_targets",
+        "_unjournaled_usage",
+        "broadcast",
+        "clock",
+        "commits",
+        "cost_usd",
+        "depth",
+        "finished",
+        "held",
+        "history",
+        "in_flight",
+        "input_requests",
+        "outcome",
+        "parent",
+        "restored",
+        "run_id",
+        "slots",
+        "state",
+        "stored_outcome",
+        "usage",
+        "workflow",
+    )
+
     def __init__(
         self,
         workflow: RunDefinition,
@@ -415,7 +462,7 @@ class Run:
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
         self._status = RunStatus.RUNNING
-        self._status_changed = trio.Event()
+        self._status_changed: trio.Event | None = None  # made by the first waiter
         self.usage = Usage()
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
@@ -506,12 +553,15 @@ class Run:
             self._announce_status()
 
     def _announce_status(self) -> None:
-        self._status_changed.set()
-        self._status_changed = trio.Event()
+        if self._status_changed is not None:
+            self._status_changed.set()
+            self._status_changed = None
 
     async def wait_for_status(self, wanted: frozenset[RunStatus]) -> RunStatus:
         """Wait until the run's status is one of `wanted`, or the run has ended."""
         while self._status not in wanted and self.outcome is None:
+            if self._status_changed is None:
+                self._status_changed = trio.Event()
             await self._status_changed.wait()
         await trio.lowlevel.checkpoint()
         return self._status
