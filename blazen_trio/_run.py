@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import attrs
 import trio
@@ -321,6 +321,18 @@ def _plus(totals: UsageTotals, usage: UsageEvent) -> UsageTotals:
         total_tokens=totals.total_tokens + usage.total_tokens,
         cost_usd=totals.cost_usd + usage.cost_usd,
     )
+
+
+_DEFINITIONS: set[type] = set()  # classes found to meet RunDefinition (a Protocol check is slow)
+
+
+def _is_definition(value: object) -> TypeGuard[RunDefinition]:
+    cls = type(value)
+    if cls not in _DEFINITIONS:
+        if not isinstance(value, RunDefinition):
+            return False
+        _DEFINITIONS.add(cls)
+    return True
 
 
 def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
@@ -1245,7 +1257,7 @@ class Run:
         A child this invocation already finished (before a pause, a snapshot or a crash) is
         not run again; one that was going on resumes where it was.
         """
-        if not isinstance(workflow, RunDefinition):
+        if not _is_definition(workflow):
             raise TypeError(f"run_workflow takes a Workflow, got {type(workflow).__name__}")
         if self.depth >= MAX_SUB_WORKFLOW_DEPTH:
             raise RecursionError(
