@@ -29,8 +29,9 @@ from ._events import INT64_MAX
 from ._journal import fold
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
-    DEFAULT_COMPACT_EVERY,
+    AUTO,
     FINISHED,
+    CompactEvery,
     answer_record,
     check_compact_every,
     check_follows,
@@ -162,7 +163,7 @@ class _Db:
         record: JournalRecord,
         data: bytes,
         now: float,
-        compact_every: int | None,
+        compact_every: CompactEvery,
     ) -> None:
         seqs = self.seqs(run_id)
         if seqs is None:
@@ -178,8 +179,17 @@ class _Db:
             "UPDATE runs SET updated_at = ?, status = coalesce(?, status) WHERE run_id = ?",
             (now, status, run_id),
         )
-        if compaction_due(compact_every, record.seq - base_seq):
+        if compaction_due(compact_every, record.seq - base_seq, lambda: self.sizes(run_id)):
             self.compact(run_id)
+
+    def sizes(self, run_id: str) -> tuple[int, int]:
+        """(journal, base) of a run, in bytes."""
+        [(journal, base)] = self.execute(
+            "SELECT (SELECT coalesce(sum(length(data)), 0) FROM records WHERE run_id = ?), "
+            "length(base) FROM runs WHERE run_id = ?",
+            (run_id, run_id),
+        )
+        return int(journal), int(base)
 
     def compact(self, run_id: str) -> None:
         """Fold the run's journal into a new base and drop the records it includes."""
@@ -198,7 +208,7 @@ class _Db:
         request_id: str,
         answer: EncodedEvent,
         now: float,
-        compact_every: int | None,
+        compact_every: CompactEvery,
     ) -> None:
         """Read the run and append its answer in one transaction, so no writer comes between."""
         snapshot = self.load(run_id, None)
@@ -361,7 +371,7 @@ class SqliteCheckpointStore:
         path: str | os.PathLike[str],
         *,
         durability: Literal["full", "normal"] = "full",
-        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        compact_every: CompactEvery = AUTO,
         clock: Callable[[], float] = time.time,
         connect: Callable[[str], sqlite3.Connection] = sqlite3.connect,
     ) -> None:
