@@ -1,11 +1,13 @@
 """The embedded checkpoint store: one SQLite file in WAL mode, written by one thread.
 
-Table `runs` holds each run's base snapshot (sealed `WorkflowSnapshot.to_bytes()`, with the
-journal seq it includes); table `records` holds the journal records written since (sealed
-`encode_record` bytes). Writes go to a dedicated writer thread that commits everything queued in
-one transaction (group commit: concurrent runs share one fsync), each write in a SAVEPOINT so a
-refused one fails alone. Reads open a short-lived connection in a Trio worker thread; WAL lets
-them read while the writer writes, and lets other processes share the file.
+Table `runs` holds each run's row (status, times, the journal seq its base includes), table
+`bases` its base snapshot (sealed `WorkflowSnapshot.to_bytes()`: apart, so the small update of
+the run's row at every append never rewrites a big base), and table `records` the journal
+records written since (sealed `encode_record` bytes). Writes go to a dedicated writer thread
+that commits everything queued in one transaction (group commit: concurrent runs share one
+fsync), each write in a SAVEPOINT so a refused one fails alone. Reads open a short-lived
+connection in a Trio worker thread; WAL lets them read while the writer writes, and lets other
+processes share the file.
 """
 
 import builtins  # `list` is a method name of the store
@@ -70,8 +72,11 @@ _SCHEMA: Final = (
         status TEXT NOT NULL,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
-        base BLOB NOT NULL,
         base_seq INTEGER NOT NULL
+    )""",
+    """CREATE TABLE bases (
+        run_id TEXT PRIMARY KEY,
+        base BLOB NOT NULL
     )""",
     """CREATE TABLE records (
         run_id TEXT NOT NULL,
@@ -115,7 +120,10 @@ class _Db:
             ) from exc
 
     def load(self, run_id: str, at: int | None) -> WorkflowSnapshot | None:
-        query = f"SELECT base, base_seq, {_LAST_SEQ} FROM runs WHERE run_id = ?"
+        query = (
+            f"SELECT base, base_seq, {_LAST_SEQ} FROM runs JOIN bases USING (run_id) "
+            "WHERE run_id = ?"
+        )
         row = self.execute(query, (run_id,)).fetchone()
         if row is None:
             return None
@@ -151,10 +159,15 @@ class _Db:
         self.execute("DELETE FROM records WHERE run_id = ? AND seq <= ?", (run_id, seq))
         status = status_after(snapshot.status, self.records(run_id, seq))
         self.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
             "workflow_name = excluded.workflow_name, status = excluded.status, "
-            "updated_at = excluded.updated_at, base = excluded.base, base_seq = excluded.base_seq",
-            (run_id, snapshot.workflow_name, status.value, now, now, data, seq),
+            "updated_at = excluded.updated_at, base_seq = excluded.base_seq",
+            (run_id, snapshot.workflow_name, status.value, now, now, seq),
+        )
+        self.execute(
+            "INSERT INTO bases VALUES (?, ?) "
+            "ON CONFLICT (run_id) DO UPDATE SET base = excluded.base",
+            (run_id, data),
         )
 
     def append(
@@ -186,7 +199,7 @@ class _Db:
         """(journal, base) of a run, in bytes."""
         [(journal, base)] = self.execute(
             "SELECT (SELECT coalesce(sum(length(data)), 0) FROM records WHERE run_id = ?), "
-            "length(base) FROM runs WHERE run_id = ?",
+            "length(base) FROM bases WHERE run_id = ?",
             (run_id, run_id),
         )
         return int(journal), int(base)
@@ -194,9 +207,9 @@ class _Db:
     def compact(self, run_id: str) -> None:
         """Fold the run's journal into a new base and drop the records it includes."""
         snapshot = cast(WorkflowSnapshot, self.load(run_id, None))  # the caller found the run
+        self.execute("UPDATE bases SET base = ? WHERE run_id = ?", (snapshot.to_bytes(), run_id))
         self.execute(
-            "UPDATE runs SET base = ?, base_seq = ? WHERE run_id = ?",
-            (snapshot.to_bytes(), snapshot.journal_seq, run_id),
+            "UPDATE runs SET base_seq = ? WHERE run_id = ?", (snapshot.journal_seq, run_id)
         )
         self.execute(
             "DELETE FROM records WHERE run_id = ? AND seq <= ?", (run_id, snapshot.journal_seq)
@@ -219,6 +232,7 @@ class _Db:
 
     def delete(self, run_id: str) -> None:
         self.execute("DELETE FROM records WHERE run_id = ?", (run_id,))
+        self.execute("DELETE FROM bases WHERE run_id = ?", (run_id,))
         self.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
     def prune(self, limit: float, statuses: frozenset[RunStatus]) -> int:
@@ -277,7 +291,7 @@ def _check_file(connection: sqlite3.Connection, path: str) -> None:
         newer = "newer than" if version > SCHEMA_VERSION else "unknown to"
         raise refuse(f"schema version {version} is {newer} this blazen_trio ({SCHEMA_VERSION})")
     query = "SELECT name FROM sqlite_schema WHERE type = 'table'"
-    missing = {"runs", "records"} - {name for (name,) in connection.execute(query)}
+    missing = {"runs", "bases", "records"} - {name for (name,) in connection.execute(query)}
     if missing:
         raise refuse(f"missing tables: {', '.join(sorted(missing))}")
 

@@ -162,7 +162,7 @@ BAD_FILES: list[tuple[Callable[[pathlib.Path], Awaitable[None]], str]] = [
     (truncated, "the file is truncated mid-page"),
     (foreign, "not a blazen_trio checkpoint store: SQLite application_id is 0x0"),
     (other_application, "application_id is 0x7, not 0x427a5472 .another program's database"),
-    (ours_without_tables, "missing tables: records, runs"),
+    (ours_without_tables, "missing tables: bases, records, runs"),
     (newer, f"schema version {SCHEMA_VERSION + 1} is newer than this blazen_trio"),
 ]
 
@@ -228,7 +228,7 @@ async def test_an_unknown_durability_or_a_closed_store_is_refused(path: pathlib.
 @pytest.mark.parametrize("part", ["record", "base"])
 async def test_a_stored_item_with_a_bad_checksum_fails_load(path: pathlib.Path, part: str) -> None:
     await write_runs(path, runs=1)
-    table, where = ("records", "seq = 2") if part == "record" else ("runs", "1")
+    table, where = ("records", "seq = 2") if part == "record" else ("bases", "1")
     column = "data" if part == "record" else "base"
     await trio.to_thread.run_sync(flip_last_byte, path, table, column, where)
     async with bz.SqliteCheckpointStore(path) as store:
