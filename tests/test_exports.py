@@ -109,7 +109,7 @@ def test_every_public_class_and_function_is_documented() -> None:
 
 def test_only_the_public_submodules_are_reachable_by_public_names() -> None:
     modules = [name for name in public_names() if inspect.ismodule(getattr(blazen_trio, name))]
-    assert set(modules) <= {"testing", "cli"}
+    assert set(modules) <= {"testing", "cli", "postgres"}
 
 
 # Classes users configure or receive but never subclass.
