@@ -140,9 +140,10 @@ class _Db:
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.execute(sql, params).fetchone()
 
-    def notify(self) -> None:
-        """Tell listeners (workers, clients) at commit that something changed."""
-        self.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+    def notify(self, run_id: str = "") -> None:
+        """Tell listeners at commit that something changed: with `run_id`, that the run
+        finished (for clients waiting on it); without, news for workers."""
+        self.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
 
     def decode(self, run_id: str, what: str, decode: Callable[[bytes], T], data: bytes) -> T:
         try:
@@ -290,8 +291,8 @@ class _Db:
             (run_id, record.seq, record.step, record.at, data, record.seq, self.now, status,
              _runnable(record), run_id),
         )  # fmt: skip
-        if record.status in FINISHED or record.response is not None:
-            self.notify()  # a client waits for the result, or a worker for the answer
+        if record.status in FINISHED:
+            self.notify(run_id)  # a client may wait for the result
         if compaction_due(self.compact_every, record.seq - base_seq):
             self.compact(run_id)
 
@@ -526,7 +527,9 @@ class _Listener:
 
     dsn: str
     token: trio.lowlevel.TrioToken
-    on_news: Callable[[], object]
+    on_news: Callable[[str | None], object]
+    """Called in the Trio thread with a finished run's id, "" for news for workers, and None
+    after a reconnection (anything may have happened meanwhile)."""
     stopped: threading.Event = attrs.Factory(threading.Event)
 
     def start(self) -> None:
@@ -541,9 +544,9 @@ class _Listener:
                         self.dsn, autocommit=True, connect_timeout=5
                     )
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self._announce()
-                for _ in connection.notifies(timeout=_LISTEN_WAIT, stop_after=1):
-                    self._announce()
+                    self._announce(None)
+                for notify in connection.notifies(timeout=_LISTEN_WAIT, stop_after=1):
+                    self._announce(notify.payload)
             except psycopg.Error:
                 if connection is not None:
                     connection.close()
@@ -552,9 +555,9 @@ class _Listener:
         if connection is not None:
             connection.close()
 
-    def _announce(self) -> None:
+    def _announce(self, payload: str | None) -> None:
         try:
-            self.token.run_sync_soon(self.on_news)
+            self.token.run_sync_soon(self.on_news, payload)
         except trio.RunFinishedError:
             self.stopped.set()
 
@@ -609,6 +612,7 @@ class PostgresCheckpointStore:
         self._ready = False
         self._closed = False
         self._news = trio.Event()
+        self._run_news: dict[str, trio.Event] = {}
         self._listener: _Listener | None = None
 
     def __repr__(self) -> str:
@@ -716,18 +720,35 @@ class PostgresCheckpointStore:
         done = builtins.list(ids)
         await self._write(lambda db: db.forget_controls(done))
 
-    async def wait_for_news(self) -> None:
+    async def wait_for_news(self, run_id: str | None = None) -> None:
         self._check_open()
         if self._listener is None:
             self._listener = _Listener(
                 self._dsn, trio.lowlevel.current_trio_token(), self._announce
             )
             self._listener.start()
-        await self._news.wait()
+        if run_id is None:
+            await self._news.wait()
+            return
+        news = self._run_news.setdefault(run_id, trio.Event())
+        try:
+            await news.wait()
+        finally:
+            if self._run_news.get(run_id) is news and not news.statistics().tasks_waiting:
+                del self._run_news[run_id]
 
-    def _announce(self) -> None:
+    def _announce(self, payload: str | None) -> None:
+        if payload:
+            news = self._run_news.pop(payload, None)
+            if news is not None:
+                news.set()
+            return
         self._news.set()
         self._news = trio.Event()
+        if payload is None:  # reconnected: a run may have finished meanwhile
+            for news in self._run_news.values():
+                news.set()
+            self._run_news.clear()
 
     # -- the machinery -----------------------------------------------------------------------
 

@@ -89,9 +89,10 @@ class RunQueue(Protocol):
     async def forget_controls(self, ids: Collection[int]) -> None:
         """Drop controls once carried out."""
 
-    async def wait_for_news(self) -> None:
-        """Return when the store announces news: a run became runnable or finished, a control
-        was queued (callers bound the wait with `trio.move_on_after`: news can be missed)."""
+    async def wait_for_news(self, run_id: str | None = None) -> None:
+        """Return when the store announces news for workers (a run became runnable, a slot or
+        a control came), or with `run_id`, that this run finished. Callers bound the wait
+        (`trio.move_on_after`) and look again: news can be missed."""
 
 
 def is_run_queue(store: Any) -> bool:
