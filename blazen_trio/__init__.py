@@ -5,6 +5,7 @@ from ._broadcast import (
     StreamStatistics as StreamStatistics,
     SubscriberStatistics as SubscriberStatistics,
 )
+from ._client import WorkflowClient as WorkflowClient
 from ._codec import WorkflowSnapshot as WorkflowSnapshot
 from ._context import Context as Context
 from ._errors import (
@@ -74,6 +75,11 @@ from ._stores import (
     MemoryCheckpointStore as MemoryCheckpointStore,
 )
 from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._worker import (
+    Worker as Worker,
+    WorkerStatistics as WorkerStatistics,
+    open_worker as open_worker,
+)
 from ._workflow import (
     GraphEdge as GraphEdge,
     Workflow as Workflow,

@@ -1139,3 +1139,19 @@ def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
     for index, event in enumerate(snapshot.input_requests):
         check(event.payload, f"input_requests[{index}]")
     return problems
+
+
+_ENCODED_EVENT: Final = msgspec.msgpack.Decoder(EncodedEvent)
+
+
+def encode_encoded_event(event: EncodedEvent) -> bytes:
+    """An event already in wire form, as MessagePack (an answer queued for a run's holder)."""
+    return _MSGPACK_ENCODER.encode(event)
+
+
+def decode_encoded_event(data: bytes | bytearray | memoryview) -> EncodedEvent:
+    """What `encode_encoded_event` wrote; `SnapshotError` for bytes that are not one."""
+    try:
+        return _ENCODED_EVENT.decode(data)
+    except Exception as exc:  # DecodeError, ValidationError, ...
+        raise SnapshotError(f"not an encoded event: {exc}") from exc

@@ -46,7 +46,9 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
+from ._queue import SUBMITTED_START_KEY
 from ._records import (
+    EncodedEvent,
     PendingEvent,
     RunStatus,
     SessionPausePolicy,
@@ -558,6 +560,53 @@ class Workflow:
                 run = await self._open(None, snapshot, None, False, None, durable)
                 handlers[run.run_id] = await stack.enter_async_context(self._hold(run))
             yield handlers
+
+    @asynccontextmanager
+    async def _claimed(
+        self, store: CheckpointStore, run_id: str
+    ) -> AsyncIterator[WorkflowHandler | None]:
+        """A run a worker claimed, going on in a nursery of the block (None: nothing to do).
+
+        Not held, so a run left waiting only for input suspends and frees the worker. Leaving
+        the block lets go of a paused run (kept paused); a run still going when the block is
+        left, or cancelled from outside (the worker lost its lease), is abandoned: it writes
+        nothing more and stays as its store has it, for the next claim.
+        """
+        run = await self._open_stored(store, run_id)
+        if run is None:
+            yield None
+            return
+        escaping: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run.main)
+                try:
+                    run.begin_as_opened()
+                    yield WorkflowHandler._create(run)
+                except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+                    escaping = exc
+                if run.outcome is None and run.status is RunStatus.PAUSED and escaping is None:
+                    run.release()
+                elif run.outcome is None:
+                    nursery.cancel_scope.cancel(reason="the worker let go of the run")
+        except BaseExceptionGroup as group:
+            raise only_exception(group) from None
+        if escaping is not None:
+            raise escaping
+
+    async def _open_stored(self, store: CheckpointStore, run_id: str) -> Run | None:
+        """A stored run to go on with: a submitted one starts from the start event in its base's
+        metadata; one with a journal goes on from its last record. None if it is finished."""
+        snapshot = await store.load(run_id)
+        if snapshot is None or snapshot.status in FINISHED:
+            return None
+        check_workflow_name(snapshot, self.name)
+        start = snapshot.metadata.get(SUBMITTED_START_KEY)
+        if snapshot.journal_seq == 0 and start is not None:
+            encoded = msgspec.convert(start, EncodedEvent)
+            event = decode_event(encoded, self._known())
+            return Run(self, store=store, run_id=run_id, start=event)
+        return Run(self, restored=self._read(snapshot), store=store)
 
     def _store_for_recovery(self, store: CheckpointStore | None) -> CheckpointStore:
         durable = store if store is not None else self.checkpoint_store

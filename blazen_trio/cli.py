@@ -6,6 +6,8 @@ blazen-trio runs list --store runs.db
 blazen-trio runs recover examples.word_report:workflow --store runs.db       # after a crash
 blazen-trio graph examples.word_report:workflow
 blazen-trio inspect run.snapshot
+blazen-trio worker --dsn postgresql://... examples.word_report:workflow   # scale out
+blazen-trio runs list --dsn postgresql://...                               # a PostgreSQL store
 
 A durable run interrupted with Ctrl-C is paused at its next commit and kept in its store; the
 command prints how to resume it.
@@ -36,8 +38,14 @@ from ._codec import WorkflowSnapshot, decode_value, resolve_type_path
 from ._errors import RunSuspended, SnapshotError, WorkflowError
 from ._records import RunStatus
 from ._sqlite import SqliteCheckpointStore
-from ._stores import FINISHED
+from ._stores import FINISHED, CheckpointStore
+from ._worker import DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Worker
 from ._workflow import Workflow
+
+try:
+    from . import _postgres
+except ImportError:  # the postgres extra is not installed: --dsn says so
+    _postgres = None  # type: ignore[assignment]  # checked where --dsn is used
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -148,28 +156,71 @@ class _Paused(Exception):
         self.run_id = run_id
 
 
-def _with_store(
-    args: argparse.Namespace, work: Callable[[SqliteCheckpointStore], Awaitable[Any]]
-) -> Any:
-    """`work(store)` in a Trio run, with the `--store` file open."""
+def _postgres_store(dsn: str) -> Any:
+    if _postgres is None:
+        raise _UsageError(
+            "--dsn needs psycopg 3 and psycopg-pool: pip install 'blazen_trio[postgres]'"
+        )
+    return _postgres.PostgresCheckpointStore(dsn)
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`work(store)` in a Trio run, with the `--store` file (or the `--dsn` database) open."""
 
     async def main() -> Any:
-        async with SqliteCheckpointStore(args.store, durability=args.durability) as store:
+        if args.dsn is not None:
+            opened = _postgres_store(args.dsn)
+        else:
+            opened = SqliteCheckpointStore(args.store, durability=args.durability)
+        async with opened as store:
             return await work(store)
 
     return trio.run(main)
 
 
+def _store_hint(args: argparse.Namespace) -> str:
+    """The store option to repeat in a suggested command."""
+    return f"--dsn '{args.dsn}'" if args.dsn is not None else f"--store {args.store}"
+
+
+def _command_worker(args: argparse.Namespace) -> int:
+    """Claim and drive runs until SIGTERM or Ctrl-C, then pause them and let go (exit 0)."""
+    workflows = [_load_workflow(target) for target in args.workflows]
+
+    async def main() -> None:
+        async with _postgres_store(args.dsn) as store:
+            worker = Worker(
+                store,
+                workflows,
+                concurrency=args.concurrency,
+                lease=args.lease,
+                poll_interval=args.poll_interval,
+            )
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(worker.serve)
+                    names = [workflow.name for workflow in workflows]
+                    print(json.dumps({"worker": worker.name, "serving": names}), flush=True)
+                    async for _ in signals:
+                        await worker.shutdown()
+                        break
+            stats = worker.statistics()
+            print(json.dumps({"worker": worker.name, "stopped": True, "claimed": stats.claimed}))
+
+    trio.run(main)
+    return 0
+
+
 def _command_run(args: argparse.Namespace) -> int:
     workflow = _load_workflow(args.workflow)
     snapshot = _read_snapshot(args.resume) if args.resume else None
-    if args.store is None:
+    if args.store is None and args.dsn is None:
         if args.run_id is not None:
-            raise _UsageError("--run-id names a durable run: give --store too")
+            raise _UsageError("--run-id names a durable run: give --store (or --dsn) too")
         result = trio.run(_stream, workflow, args.input, snapshot)
     else:
 
-        async def durable(store: SqliteCheckpointStore) -> Any:
+        async def durable(store: CheckpointStore) -> Any:
             durable_workflow = workflow.with_checkpoint_store(store)
             return await _stream(durable_workflow, args.input, snapshot, args.run_id)
 
@@ -194,7 +245,7 @@ def _when(seconds: float) -> str:
 
 
 def _command_runs_list(args: argparse.Namespace) -> int:
-    async def work(store: SqliteCheckpointStore) -> list[Any]:
+    async def work(store: CheckpointStore) -> list[Any]:
         return await store.list(workflow=args.workflow, status=args.status)
 
     for info in _with_store(args, work):
@@ -202,7 +253,7 @@ def _command_runs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stored(store: SqliteCheckpointStore, run_id: str, at: int | None = None) -> Any:
+async def _stored(store: CheckpointStore, run_id: str, at: int | None = None) -> Any:
     snapshot = await store.load(run_id, at=at)
     if snapshot is None:
         raise _UsageError(f"no run {run_id!r} in {store!r}")
@@ -210,7 +261,7 @@ async def _stored(store: SqliteCheckpointStore, run_id: str, at: int | None = No
 
 
 def _command_runs_show(args: argparse.Namespace) -> int:
-    async def work(store: SqliteCheckpointStore) -> WorkflowSnapshot:
+    async def work(store: CheckpointStore) -> WorkflowSnapshot:
         snapshot: WorkflowSnapshot = await _stored(store, args.run_id)
         return snapshot
 
@@ -226,7 +277,7 @@ def _command_runs_show(args: argparse.Namespace) -> int:
 
 
 def _command_runs_history(args: argparse.Namespace) -> int:
-    async def work(store: SqliteCheckpointStore) -> list[Any]:
+    async def work(store: CheckpointStore) -> list[Any]:
         await _stored(store, args.run_id)
         return await store.history(args.run_id)
 
@@ -241,7 +292,7 @@ def _command_runs_resume(args: argparse.Namespace) -> int:
     """Go on with one stored run: paused, or left running by a crash."""
     workflow = _load_workflow(args.workflow)
 
-    async def work(store: SqliteCheckpointStore) -> Any:
+    async def work(store: CheckpointStore) -> Any:
         snapshot = await _stored(store, args.run_id)
         if snapshot.status in FINISHED:
             raise _UsageError(f"run {args.run_id!r} already ended ({snapshot.status})")
@@ -254,7 +305,7 @@ def _command_runs_fork(args: argparse.Namespace) -> int:
     """Go on from an earlier record of a stored run, under a new run id."""
     workflow = _load_workflow(args.workflow)
 
-    async def work(store: SqliteCheckpointStore) -> Any:
+    async def work(store: CheckpointStore) -> Any:
         snapshot = await _stored(store, args.run_id, args.at)
         return await _stream(
             workflow.with_checkpoint_store(store), None, snapshot, args.new_run_id, fork=True
@@ -263,17 +314,15 @@ def _command_runs_fork(args: argparse.Namespace) -> int:
     return _print_outcome(args, work)
 
 
-def _print_outcome(
-    args: argparse.Namespace, work: Callable[[SqliteCheckpointStore], Awaitable[Any]]
-) -> int:
+def _print_outcome(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any]]) -> int:
     try:
         result = _with_store(args, work)
     except _Paused as paused:
-        hint = f"blazen-trio runs resume {paused.run_id} {args.workflow} --store {args.store}"
+        hint = f"blazen-trio runs resume {paused.run_id} {args.workflow} {_store_hint(args)}"
         return _fail(f"paused run {paused.run_id}; go on with: {hint}", EXIT_INTERRUPTED)
     if isinstance(result, _Suspended):
         print(json.dumps({"suspended": result.run_id, "input_requests": result.requests}))
-        then = f"blazen-trio runs recover {args.workflow} --store {args.store}"
+        then = f"blazen-trio runs recover {args.workflow} {_store_hint(args)}"
         answer = f"blazen-trio runs respond {result.run_id} REQUEST_ID --response JSON"
         _say(f"run {result.run_id} waits for input; answer with: {answer}, then: {then}")
         return 0
@@ -285,7 +334,7 @@ def _command_runs_recover(args: argparse.Namespace) -> int:
     """Go on with every unfinished run of a workflow (after a crash); one line per run."""
     workflow = _load_workflow(args.workflow)
 
-    async def work(store: SqliteCheckpointStore) -> dict[str, Any]:
+    async def work(store: CheckpointStore) -> dict[str, Any]:
         return await workflow.recover(store)
 
     status = 0
@@ -300,7 +349,7 @@ def _command_runs_recover(args: argparse.Namespace) -> int:
 
 
 def _command_runs_respond(args: argparse.Namespace) -> int:
-    async def work(store: SqliteCheckpointStore) -> None:
+    async def work(store: CheckpointStore) -> None:
         await _stored(store, args.run_id)
         await store.respond(args.run_id, args.request_id, args.response)
 
@@ -309,7 +358,7 @@ def _command_runs_respond(args: argparse.Namespace) -> int:
 
 
 def _command_runs_prune(args: argparse.Namespace) -> int:
-    async def work(store: SqliteCheckpointStore) -> int:
+    async def work(store: CheckpointStore) -> int:
         age = datetime.timedelta(days=args.older_than_days)
         return await store.prune(older_than=age, statuses=args.status or FINISHED)
 
@@ -352,9 +401,9 @@ def _summary(snapshot: WorkflowSnapshot) -> dict[str, Any]:
 
 
 def _store_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument(
-        "--store", type=Path, required=required, help="the SQLite checkpoint store (a file)"
-    )
+    where = parser.add_mutually_exclusive_group(required=required)
+    where.add_argument("--store", type=Path, help="the SQLite checkpoint store (a file)")
+    where.add_argument("--dsn", help="a PostgreSQL checkpoint store (needs the postgres extra)")
     parser.add_argument(
         "--durability",
         choices=["full", "normal"],
@@ -424,6 +473,15 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="summarize a snapshot file (JSON or msgpack)")
     inspect.add_argument("snapshot", type=Path)
     inspect.set_defaults(handle=_command_inspect)
+    worker = commands.add_parser("worker", help="claim and drive runs from a PostgreSQL store")
+    worker.add_argument("workflows", nargs="+", metavar="MODULE:ATTRIBUTE", help="Workflows")
+    worker.add_argument("--dsn", required=True, help="the PostgreSQL store (a DSN)")
+    worker.add_argument("--concurrency", type=int, default=10, help="runs driven at once")
+    worker.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
+    worker.add_argument(
+        "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="poll seconds"
+    )
+    worker.set_defaults(handle=_command_worker)
     return parser
 
 

@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# The PostgreSQL server fixtures (`postgres_cluster`, `postgres_dsn`): tests/_postgres.py.
+pytest_plugins = ["_postgres"]
+
 settings.register_profile(
     "ci",
     derandomize=True,

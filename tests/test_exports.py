@@ -13,6 +13,7 @@ import trio
 
 import blazen_trio
 import blazen_trio as bz
+import blazen_trio.postgres
 import blazen_trio.testing
 
 # The names ../shared/DESIGN.md promises (the parts built so far).
@@ -56,6 +57,9 @@ CONTRACT_NAMES = {
     "CheckpointStoreError",
     "RunInfo",
     "CheckpointInfo",
+    "Worker",
+    "open_worker",
+    "WorkflowClient",
 }
 
 
@@ -109,7 +113,7 @@ def test_every_public_class_and_function_is_documented() -> None:
 
 def test_only_the_public_submodules_are_reachable_by_public_names() -> None:
     modules = [name for name in public_names() if inspect.ismodule(getattr(blazen_trio, name))]
-    assert set(modules) <= {"testing", "cli"}
+    assert set(modules) <= {"testing", "cli", "postgres"}
 
 
 # Classes users configure or receive but never subclass.
@@ -142,7 +146,18 @@ FINAL_CLASSES = [
     "RunInfo",
     "CheckpointInfo",
     "JournalRecord",
+    "Worker",
+    "WorkerStatistics",
+    "WorkflowClient",
 ]
+
+
+def test_the_postgres_store_is_a_public_submodule() -> None:
+    """Its driver is an extra, so the store lives in `blazen_trio.postgres`, named so."""
+    store = blazen_trio.postgres.PostgresCheckpointStore
+    assert store.__module__ == "blazen_trio.postgres"
+    assert getattr(store, "__final__", False) is True
+    assert inspect.getdoc(store)
 
 
 @pytest.mark.parametrize("name", FINAL_CLASSES)

@@ -1,7 +1,8 @@
 """One suite, every checkpoint store: the same calls must give the same answers.
 
 `MemoryCheckpointStore` is the reference; each case runs against it, against SQLite at both
-durabilities, and against both with a journal compacted every 3 records. Times come from a
+durabilities, against PostgreSQL (a real server: tests/_postgres.py), and against each with a
+journal compacted every 3 records. Times come from a
 clock the test moves, never from sleeping.
 """
 
@@ -22,6 +23,7 @@ import blazen_trio as bz
 from blazen_trio._journal import fold
 from blazen_trio._records import BufferOp
 from blazen_trio._stores import DEFAULT_COMPACT_EVERY, encode_answer
+from blazen_trio.postgres import PostgresCheckpointStore
 
 RUNNING = bz.RunStatus.RUNNING
 COMPLETED = bz.RunStatus.COMPLETED
@@ -44,17 +46,19 @@ class Clock:
 @attrs.frozen
 class Kind:
     name: str
-    sqlite: bool
+    backend: Literal["memory", "sqlite", "postgres"]
     durability: Literal["full", "normal"] = "full"
     compact_every: int = DEFAULT_COMPACT_EVERY
 
 
 KINDS = [
-    Kind("memory", sqlite=False),
-    Kind("sqlite-full", sqlite=True),
-    Kind("sqlite-normal", sqlite=True, durability="normal"),
-    Kind("memory-compact3", sqlite=False, compact_every=3),
-    Kind("sqlite-compact3", sqlite=True, compact_every=3),
+    Kind("memory", "memory"),
+    Kind("sqlite-full", "sqlite"),
+    Kind("sqlite-normal", "sqlite", durability="normal"),
+    Kind("postgres", "postgres"),
+    Kind("memory-compact3", "memory", compact_every=3),
+    Kind("sqlite-compact3", "sqlite", compact_every=3),
+    Kind("postgres-compact3", "postgres", compact_every=3),
 ]
 
 
@@ -70,9 +74,18 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(kind: Kind, tmp_path: pathlib.Path, clock: Clock) -> AsyncIterator[Store]:
-    if not kind.sqlite:
+async def store(
+    kind: Kind, tmp_path: pathlib.Path, clock: Clock, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
+    if kind.backend == "memory":
         yield bz.MemoryCheckpointStore(compact_every=kind.compact_every, clock=clock)
+        return
+    if kind.backend == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        async with PostgresCheckpointStore(
+            dsn, compact_every=kind.compact_every, clock=clock
+        ) as postgres_store:
+            yield postgres_store
         return
     async with bz.SqliteCheckpointStore(
         tmp_path / "runs.db",
