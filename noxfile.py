@@ -39,7 +39,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmark suite; LlamaIndex peers go in their own venvs under .bench-peers/."""
+    """The benchmark suite; the peers (LlamaIndex, pydantic-graph, Burr, DBOS, LangGraph) go in
+    their own venvs under .bench-peers/ (one that pip cannot install is reported, not fatal)."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks", "--setup-peers", ".bench-peers")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -17,6 +17,8 @@ from benchmarks._measure import Job, measure_job
 from benchmarks._peers import DEFAULT_PEERS_DIR, FoundPeer, find_peers, run_child, setup_peers
 from benchmarks._plan import (
     API,
+    ENGINE,
+    FLOOR,
     FRESH_PROCESS,
     FULL,
     QUICK,
@@ -24,26 +26,20 @@ from benchmarks._plan import (
     Mode,
     Plan,
     Row,
+    durable_rows,
     plans,
     rows,
 )
 from benchmarks._report import (
-    ENGINE,
-    FLOOR,
     LEGEND,
     Answer,
+    Report,
     Results,
-    Table,
-    add_medians,
+    add_stats,
     reason,
     report_json,
     write_json,
 )
-
-NOT_INSTALLED = "not installed (run nox -s bench)"
-
-CHILD_SLACK_S = 10.0
-"""How long after its job's deadline a fresh-process child of ours is killed."""
 
 CHILD_SLACK_S = 10.0
 """Our own children stop themselves at the job timeout; the kill comes this much later."""
@@ -132,30 +128,44 @@ def _progress(plan: Plan, column: str, answer: Answer, started: float) -> None:
     print(f"  {plan.key:<13} {column:<13} ({took:5.1f}s) {shown}", file=sys.stderr, flush=True)
 
 
+def _runs(plan: Plan, column: str, found: FoundPeer | None) -> bool:
+    """Whether `column` measures this job: as the plan says, else by the peer's scenarios."""
+    if plan.columns is not None:
+        return column in plan.columns
+    return found is None or plan.scenario in found.peer.scenarios
+
+
 def collect(selected: list[Plan], mode: Mode, rounds: int, peers: list[FoundPeer]) -> Results:
     results: Results = {ENGINE: {}, FLOOR: {}, **{peer.name: {} for peer in peers}}
     for plan in selected:
         job = plan.job(mode, rounds, mode.timeout_s)
         for column, impl in ((FLOOR, "floor"), (ENGINE, "engine")):
-            started = time.perf_counter()
-            results[column][plan.key] = add_medians(_own_answer(impl, plan, job, mode))
-            _progress(plan, column, results[column][plan.key], started)
-        peer_job = plan.job(mode, rounds, mode.peer_timeout_s)
-        for peer in peers:
+            if _runs(plan, column, None):
+                started = time.perf_counter()
+                results[column][plan.key] = add_stats(_own_answer(impl, plan, job, mode))
+                _progress(plan, column, results[column][plan.key], started)
+        durable = plan.scenario == "durable"
+        timeout_s = mode.durable_peer_timeout_s if durable else mode.peer_timeout_s
+        peer_job = plan.job(mode, rounds, timeout_s)
+        for found in peers:
+            if not _runs(plan, found.name, found):
+                continue
             started = time.perf_counter()
             answer: Answer = (
-                {"missing": NOT_INSTALLED}
-                if peer.python is None
-                else run_child(peer.python, peer.module, peer_job, mode.peer_timeout_s)
+                {"missing": found.missing}
+                if found.python is None
+                else run_child(found.python, found.peer.module, peer_job, timeout_s)
             )
-            results[peer.name][plan.key] = add_medians(answer)
-            _progress(plan, peer.name, answer, started)
+            results[found.name][plan.key] = add_stats(answer)
+            _progress(plan, found.name, answer, started)
     return results
 
 
 def _failed(results: Results) -> bool:
     return any(
-        "error" in answer for column in (ENGINE, FLOOR) for answer in results[column].values()
+        "error" in answer or "timeout" in answer
+        for column in (ENGINE, FLOOR)
+        for answer in results[column].values()
     )
 
 
@@ -179,11 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"blazen_trio benchmarks, {mode.name} mode, {rounds} rounds", file=sys.stderr)
     results = collect(selected, mode, rounds, peers)
     shown = [row for row in rows(mode) if _shown(row, selected_keys)]
-    table = Table(results, shown, [peer.name for peer in peers])
-    print(table.render())
+    durable = [row for row in durable_rows(mode) if row.key in selected_keys]
+    report = Report(results, shown, durable, peers)
+    print(report.render())
     print(LEGEND)
-    pythons = {peer.name: str(peer.python) for peer in peers if peer.python is not None}
-    write_json(args.json, report_json(table, mode, rounds, selected, pythons))
+    write_json(args.json, report_json(report, mode, rounds, selected))
     print(f"JSON written to {args.json}")
     return 1 if _failed(results) else 0
 

@@ -107,6 +107,20 @@ def runs_scenario(
     return lambda: {**timed_round(), "kib_per_idle_run": kib}
 
 
+def with_plain(
+    trio_round: Callable[[], Metrics], plain: Callable[[], object]
+) -> Callable[[], Metrics]:
+    """A floor round that also times `plain`, the same work as a plain loop (`plain_time`)."""
+
+    def one_round() -> Metrics:
+        metrics = trio_round()
+        started = time.perf_counter()
+        plain()
+        return {**metrics, "plain_time": time.perf_counter() - started}
+
+    return one_round
+
+
 def codec_metrics(
     name: str, encode: Callable[[], bytes], decode: Callable[[bytes], object]
 ) -> Metrics:

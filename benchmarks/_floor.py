@@ -1,26 +1,41 @@
-"""The Trio floor: each scenario's work done with bare Trio, no engine.
+"""The floors: each scenario's work done as tightly as an expert would with bare Trio, no engine.
 
-One memory channel carries the events, a loop starts one task per event, the first `Stop` ends
-the run: the least any Trio engine can do. Events are frozen `msgspec.Struct`s like
-blazen_trio's, so `engine / floor` measures routing and bookkeeping, not event objects.
-The snapshot scenario's floor is the stdlib (`json`, `pickle`) on the same data as plain dicts.
+Every floor is correct for its scenario (every event reaches its handler, the run ends on the
+stop event) and pays no cost the work does not need: a sequential chain runs in one task with
+its handler awaited inline, a bounded fan-out keeps at most `workers` tasks, a stream reader
+drains its channel in batches. Events are frozen `msgspec.Struct`s like blazen_trio's, so
+`engine / floor` measures routing and bookkeeping, not event objects. Each Trio floor comes
+with a plain loop (no Trio, no coroutines): the physical limit of doing the same handler calls
+in Python. The snapshot floor is the stdlib (`pickle`, `json`) on the same data as plain dicts;
+the durability floor is one raw SQLite WAL commit.
 """
 
 import json
 import math
+import os
 import pickle
+import sqlite3
+import tempfile
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from benchmarks._common import Gate, codec_metrics, count, in_fresh_loop, runs_scenario, timed
+from benchmarks._common import (
+    Gate,
+    codec_metrics,
+    count,
+    in_fresh_loop,
+    runs_scenario,
+    timed,
+    with_plain,
+)
 from benchmarks._measure import Job, Metrics, Prepare
-
-YIELD_EVERY = 64
-"""The streaming producer yields to the scheduler every this many events (in every engine)."""
+from benchmarks._workload import YIELD_EVERY
 
 
 class Start(msgspec.Struct, frozen=True):
@@ -58,21 +73,43 @@ Send = trio.MemorySendChannel[object]
 Handler = Callable[[Any, Send], Awaitable[None]]
 
 
-async def dispatch(first: object, handlers: Mapping[type, Handler]) -> object:
-    """The whole floor engine: route each event to a new task; the first `Stop` ends the run."""
-    # Unbounded: a step's output must never block on the loop that is waiting to start it.
-    send, receive = trio.open_memory_channel[object](math.inf)
+def _channel() -> tuple[Send, trio.MemoryReceiveChannel[object]]:
+    # Unbounded: a handler's output must never block on the loop that is waiting to run it.
+    return trio.open_memory_channel[object](math.inf)
+
+
+async def serve(first: object, handlers: Mapping[type, Handler]) -> object:
+    """A run in one task: each event from the channel is handled inline; `Stop` ends it.
+
+    The tight floor for sequential steps: no task per step, the same memory channel the engine
+    routes through, one checkpoint per event (the channel's receive).
+    """
+    send, receive = _channel()
     send.send_nowait(first)
-    async with trio.open_nursery() as nursery:
-        async for event in receive:
-            if isinstance(event, Stop):
-                nursery.cancel_scope.cancel(reason="the run stopped")
-                return event.result
-            nursery.start_soon(handlers[type(event)], event, send)
+    async for event in receive:
+        if isinstance(event, Stop):
+            return event.result
+        await handlers[type(event)](event, send)
     raise AssertionError("the event channel closed")  # the loop holds `send`: unreachable
 
 
+def plain_serve(
+    first: object, handlers: Mapping[type, Callable[[Any, deque[object]], None]]
+) -> Any:
+    """The same loop with no Trio and no coroutines: a deque and plain function calls."""
+    queue: deque[object] = deque([first])
+    while True:
+        event = queue.popleft()
+        if isinstance(event, Stop):
+            return event.result
+        handlers[type(event)](event, queue)
+
+
 # -- (1) chain ------------------------------------------------------------------------------
+
+
+def _next_tick(ev: Tick) -> Tick | Stop:
+    return Stop(result=ev.n + 1) if ev.n + 1 >= ev.total else Tick(n=ev.n + 1, total=ev.total)
 
 
 async def _chain_begin(ev: Start, send: Send) -> None:
@@ -80,45 +117,110 @@ async def _chain_begin(ev: Start, send: Send) -> None:
 
 
 async def _chain_tick(ev: Tick, send: Send) -> None:
-    if ev.n + 1 >= ev.total:
-        send.send_nowait(Stop(result=ev.n + 1))
-    else:
-        send.send_nowait(Tick(n=ev.n + 1, total=ev.total))
+    send.send_nowait(_next_tick(ev))
 
 
 CHAIN: Mapping[type, Handler] = {Start: _chain_begin, Tick: _chain_tick}
+PLAIN_CHAIN: Mapping[type, Callable[[Any, deque[object]], None]] = {
+    Start: lambda ev, q: q.append(Tick(n=1, total=ev.data)),
+    Tick: lambda ev, q: q.append(_next_tick(ev)),
+}
 
 
 def chain(job: Job) -> Callable[[], Metrics]:
-    return timed(lambda: dispatch(Start(data=count(job, "n")), CHAIN))
+    n = count(job, "n")
+    return with_plain(
+        timed(lambda: serve(Start(data=n), CHAIN)), lambda: plain_serve(Start(n), PLAIN_CHAIN)
+    )
 
 
 # -- (2) fan-out / fan-in -------------------------------------------------------------------
 
 
-async def _fanout_run(total: int, workers: int) -> object:
+async def _work(ev: Item, send: Send) -> None:
+    send.send_nowait(Done(i=ev.i, total=ev.total))
+
+
+class _Gather:
+    """The fan-in step: keeps each `Done`; true once all `total` are in."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done: list[Done] = []
+
+    def add(self, ev: object) -> bool:
+        assert isinstance(ev, Done)  # only Item and Done flow through a fan-out's channel
+        self.done.append(ev)
+        return len(self.done) == self.total
+
+
+async def _fanout_spawn(total: int, workers: int) -> int:
+    """Limiter-gated spawn: a slot is taken before each task starts, so at most `workers` exist."""
     limiter = trio.CapacityLimiter(workers)
-    done: list[Done] = []
+    gather = _Gather(total)
+    send, receive = _channel()
 
-    async def begin(ev: Start, send: Send) -> None:
-        for i in range(ev.data):
-            send.send_nowait(Item(i=i, total=ev.data))
+    async def work(ev: Item, token: object) -> None:
+        try:
+            await _work(ev, send)
+        finally:
+            limiter.release_on_behalf_of(token)
 
-    async def work(ev: Item, send: Send) -> None:
-        async with limiter:
-            send.send_nowait(Done(i=ev.i, total=ev.total))
+    async with trio.open_nursery() as nursery:
+        for i in range(total):  # the `begin` step, inline
+            send.send_nowait(Item(i=i, total=total))
+        async for event in receive:
+            if isinstance(event, Item):
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                nursery.start_soon(work, event, token)
+            elif gather.add(event):
+                return len(gather.done)
+    raise AssertionError("the event channel closed")
 
-    async def gather(ev: Done, send: Send) -> None:
-        done.append(ev)
-        if len(done) == ev.total:
-            send.send_nowait(Stop(result=len(done)))
 
-    handlers: dict[type, Handler] = {Start: begin, Item: work, Done: gather}
-    return await dispatch(Start(data=total), handlers)
+async def _fanout_pool(total: int, workers: int) -> int:
+    """A pool of `workers` tasks reading one channel of items; fan-in inline in the router."""
+    gather = _Gather(total)
+    send, receive = _channel()
+    items_send, items_receive = trio.open_memory_channel[Item](math.inf)  # router never blocks
+
+    async def worker() -> None:
+        async for ev in items_receive:
+            await _work(ev, send)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(workers):
+            nursery.start_soon(worker)
+        for i in range(total):
+            send.send_nowait(Item(i=i, total=total))
+        async for event in receive:
+            if isinstance(event, Item):
+                items_send.send_nowait(event)
+            elif gather.add(event):
+                nursery.cancel_scope.cancel(reason="the run stopped")
+                return len(gather.done)
+    raise AssertionError("the event channel closed")
+
+
+def _plain_fanout(total: int) -> int:
+    gather = _Gather(total)
+    queue: deque[object] = deque(Item(i=i, total=total) for i in range(total))
+    while queue:
+        event = queue.popleft()
+        if isinstance(event, Item):
+            queue.append(Done(i=event.i, total=event.total))
+        elif gather.add(event):
+            return len(gather.done)
+    raise AssertionError("the fan-in never completed")
 
 
 def fanout(job: Job) -> Callable[[], Metrics]:
-    return timed(lambda: _fanout_run(count(job, "n"), count(job, "workers")))
+    n, workers = count(job, "n"), count(job, "workers")
+    spawn = timed(lambda: _fanout_spawn(n, workers))
+    pool = timed(lambda: _fanout_pool(n, workers))
+    floors = with_plain(lambda: {"spawn_time": spawn()["time"]}, lambda: _plain_fanout(n))
+    return lambda: {**floors(), "pool_time": pool()["time"]}
 
 
 # -- (3) concurrent runs --------------------------------------------------------------------
@@ -129,12 +231,21 @@ async def _trivial(ev: Start, send: Send) -> None:
 
 
 TRIVIAL: Mapping[type, Handler] = {Start: _trivial}
+PLAIN_TRIVIAL: Mapping[type, Callable[[Any, deque[object]], None]] = {
+    Start: lambda ev, q: q.append(Stop(result=None))
+}
 
 
 async def _concurrent_runs(n: int) -> None:
+    """A nursery and one task per run; each run's single step is awaited inline in it."""
     async with trio.open_nursery() as nursery:
         for _ in range(n):
-            nursery.start_soon(dispatch, Start(data=None), TRIVIAL)
+            nursery.start_soon(serve, Start(data=None), TRIVIAL)
+
+
+def _plain_runs(n: int) -> None:
+    for _ in range(n):
+        plain_serve(Start(data=None), PLAIN_TRIVIAL)
 
 
 def _parked_run(gate: Gate) -> Callable[[], Awaitable[object]]:
@@ -142,20 +253,29 @@ def _parked_run(gate: Gate) -> Callable[[], Awaitable[object]]:
         await gate.arrive_and_wait()
         send.send_nowait(Stop(result=None))
 
-    return lambda: dispatch(Start(data=None), {Start: parked})
+    return lambda: serve(Start(data=None), {Start: parked})
 
 
 def runs(job: Job) -> Callable[[], Metrics]:
-    return runs_scenario(count(job, "n"), _concurrent_runs, _parked_run)
+    n = count(job, "n")
+    return with_plain(runs_scenario(n, _concurrent_runs, _parked_run), lambda: _plain_runs(n))
 
 
 # -- (4) streaming --------------------------------------------------------------------------
 
 
 async def _consume(receive: trio.MemoryReceiveChannel[Chunk], counts: list[int], slot: int) -> None:
+    """Wait for one event, then drain what is buffered without yielding: batched reads."""
     async with receive:
         async for _ in receive:
-            counts[slot] += 1
+            got = 1
+            try:
+                while True:
+                    receive.receive_nowait()
+                    got += 1
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+            counts[slot] += got
 
 
 async def _stream_round(n: int, subscribers: int) -> Metrics:
@@ -167,25 +287,37 @@ async def _stream_round(n: int, subscribers: int) -> Metrics:
             send, receive = trio.open_memory_channel[Chunk](n)  # lossless, like the engine's
             nursery.start_soon(_consume, receive, counts, slot)
             sends.append(send)
-
-        async def produce(ev: Start, out: Send) -> None:
-            for i in range(ev.data):
-                chunk = Chunk(i=i)
-                for subscriber in sends:
-                    subscriber.send_nowait(chunk)
-                if i % YIELD_EVERY == YIELD_EVERY - 1:
-                    await trio.lowlevel.checkpoint()
-            out.send_nowait(Stop(result=ev.data))
-
-        await dispatch(Start(data=n), {Start: produce})
+        for i in range(n):  # the producing step, in this task
+            chunk = Chunk(i=i)
+            for subscriber in sends:
+                subscriber.send_nowait(chunk)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await trio.lowlevel.checkpoint()
         for send in sends:
             send.close()
     return {"time": time.perf_counter() - started, "delivered": float(sum(counts))}
 
 
+def _plain_stream(n: int, subscribers: int) -> None:
+    """Per-subscriber deques, drained after every `YIELD_EVERY` events (where Trio would yield)."""
+    queues: list[deque[Chunk]] = [deque() for _ in range(subscribers)]
+    counts = [0] * subscribers
+    for i in range(n):
+        chunk = Chunk(i=i)
+        for queue in queues:
+            queue.append(chunk)
+        if i % YIELD_EVERY == YIELD_EVERY - 1 or i == n - 1:
+            for slot, queue in enumerate(queues):
+                while queue:
+                    queue.popleft()
+                    counts[slot] += 1
+    assert sum(counts) == n * subscribers
+
+
 def stream(job: Job) -> Callable[[], Metrics]:
     n, subscribers = count(job, "n"), count(job, "subscribers")
-    return in_fresh_loop(lambda: _stream_round(n, subscribers))
+    trio_round = in_fresh_loop(lambda: _stream_round(n, subscribers))
+    return with_plain(trio_round, lambda: _plain_stream(n, subscribers))
 
 
 # -- (5) snapshot codec ---------------------------------------------------------------------
@@ -208,17 +340,10 @@ def snapshot_data(keys: int, events: int) -> dict[str, object]:
 
 def snapshot(job: Job) -> Callable[[], Metrics]:
     data = snapshot_data(count(job, "keys"), count(job, "events"))
-
-    def one_round() -> Metrics:
-        metrics = {
-            **codec_metrics("json", lambda: json.dumps(data).encode(), json.loads),
-            **codec_metrics("pickle", lambda: pickle.dumps(data), pickle.loads),
-        }
-        # The stdlib way to keep such a run: json for the data, pickle for the objects.
-        metrics["json_pickle_time"] = metrics["json_time"] + metrics["pickle_time"]
-        return metrics
-
-    return one_round
+    return lambda: {
+        **codec_metrics("json", lambda: json.dumps(data).encode(), json.loads),
+        **codec_metrics("pickle", lambda: pickle.dumps(data), pickle.loads),
+    }
 
 
 # -- (6) pause to quiescent -----------------------------------------------------------------
@@ -264,6 +389,55 @@ def pause(job: Job) -> Callable[[], Metrics]:
     return in_fresh_loop(lambda: _pause_round(n, cancel_in_flight))
 
 
+# -- (7) durability: one raw SQLite WAL commit ----------------------------------------------
+
+RECORD_BYTES = 256
+"""The payload of each raw commit: about one journal record of a chain step."""
+
+
+class _WalLoop:
+    """A minimal insert + commit loop on a new WAL-mode file at `synchronous`."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        # Awaited commits may run on different worker threads, one at a time.
+        self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        self.connection.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, data BLOB)")
+        self.payload = os.urandom(RECORD_BYTES)
+
+    def commit(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute("INSERT INTO records (data) VALUES (?)", (self.payload,))
+            self.connection.execute("COMMIT")
+
+
+async def _wal_round(synchronous: str, commits: int, hop: bool) -> Metrics:
+    """The whole loop in one worker thread (the limit), or each commit awaited from Trio
+    through its own `trio.to_thread.run_sync` round trip (`hop`)."""
+    with tempfile.TemporaryDirectory(prefix="blazen-bench-") as directory:
+        loop = _WalLoop(Path(directory) / "wal.db", synchronous)
+        try:
+            started = time.perf_counter()
+            if hop:
+                for _ in range(commits):
+                    await trio.to_thread.run_sync(loop.commit)
+            else:
+                await trio.to_thread.run_sync(loop.commit, commits)
+            elapsed = time.perf_counter() - started
+        finally:
+            loop.connection.close()
+    return {"per_step": elapsed / commits, "time": elapsed}
+
+
+def durable(job: Job) -> Callable[[], Metrics]:
+    if job["shape"] not in ("wal", "walhop"):
+        raise ValueError(f"the floor measures only the raw WAL commit, not {job['shape']!r}")
+    synchronous, commits, hop = str(job["store"]), count(job, "commits"), job["shape"] == "walhop"
+    return in_fresh_loop(lambda: _wal_round(synchronous, commits, hop))
+
+
 SCENARIOS: dict[str, Prepare] = {
     "chain": chain,
     "fanout": fanout,
@@ -271,4 +445,5 @@ SCENARIOS: dict[str, Prepare] = {
     "stream": stream,
     "snapshot": snapshot,
     "pause": pause,
+    "durable": durable,
 }

@@ -75,6 +75,10 @@ class GaveUp(Exception):
     """A scenario stopped because the engine could not even set it up in reasonable time."""
 
 
+class Unsupported(Exception):
+    """The engine (or this version of it) cannot run the job; the message says what is missing."""
+
+
 def _raised_in_suite(exc: BaseException) -> bool:
     """True if the innermost frame of `exc` is in this package: our own attribute access."""
     tb = exc.__traceback__
@@ -118,6 +122,8 @@ def measure_job(prepare: Prepare, job: Job, api: str) -> dict[str, object]:
         return {"timeout": f"timeout >{timeout_s:.0f}s"}
     except GaveUp as exc:
         return {"gave_up": str(exc)}
+    except Unsupported as exc:
+        return {"unsupported": str(exc)}
     except Exception as exc:
         missing = missing_api(exc)
         if missing is not None:

@@ -2,8 +2,9 @@
 
 Invoked by the suite as `<peer python> -m benchmarks._peer_llama '<job JSON>'` from the repo
 root, one fresh process per job, and answers with one JSON object on stdout. It imports only the
-stdlib, `benchmarks._measure` and `llama-index-workflows`, which is why it is a separate process:
-llama is asyncio and lives in its own venv, so its version never leaks into ours.
+stdlib, the suite's stdlib-only modules and `llama-index-workflows`, which is why it is a
+separate process: llama is asyncio and lives in its own venv, so its version never leaks into
+ours.
 
 Each scenario is written the way the LlamaIndex docs write it (`ctx.send_event` fan-out,
 `num_workers`, `ctx.collect_events`, `handler.stream_events`, `ctx.to_dict`), with the same
@@ -16,21 +17,18 @@ event counts and payloads as the trio floor and the blazen_trio versions.
 
 import asyncio
 import gc
-import importlib.metadata
 import json
-import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 # Installed only in the peer venvs, never in the main one.
 from workflows import Context, Workflow, step  # type: ignore[import-not-found]
 from workflows.events import Event, StartEvent, StopEvent  # type: ignore[import-not-found]
 
-from benchmarks._measure import GaveUp, Job, Metrics, Prepare, emit, measure_job, rss_kib
-
-YIELD_EVERY = 64
-"""The streaming producer yields to the loop every this many events, as in the trio versions."""
+from benchmarks._aio import answer, timed
+from benchmarks._measure import GaveUp, Job, Metrics, Prepare, rss_kib
+from benchmarks._workload import YIELD_EVERY, expected
 
 SETUP_LIMIT_BUDGETS = 2
 """Give up on a snapshot set-up (queueing the pending events) after this many job budgets."""
@@ -85,7 +83,7 @@ class FanFlow(Workflow):
 
     @step
     async def gather(self, ctx: Context, ev: Done) -> StopEvent | None:
-        done = ctx.collect_events(ev, [Done] * ev.total)
+        done = ctx.collect_events(ev, expected(Done, ev.total))
         if done is None:
             return None
         return StopEvent(result=len(done))
@@ -141,23 +139,12 @@ class SnapshotFlow(Workflow):
         return StopEvent(result=None)
 
 
-def _timed(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> Callable[[], Metrics]:
-    """A round that times one fresh event loop's run of `coro_fn` (loop setup excluded)."""
-
-    async def timed() -> Metrics:
-        started = time.perf_counter()
-        await coro_fn()
-        return {"time": time.perf_counter() - started}
-
-    return lambda: asyncio.run(timed())
-
-
 def chain(job: Job) -> Callable[[], Metrics]:
-    return _timed(lambda: ChainFlow(timeout=None).run(total=job["n"]))
+    return timed(lambda: ChainFlow(timeout=None).run(total=job["n"]))
 
 
 def fanout(job: Job) -> Callable[[], Metrics]:
-    return _timed(lambda: FanFlow(timeout=None).run(total=job["n"]))
+    return timed(lambda: FanFlow(timeout=None).run(total=job["n"]))
 
 
 async def _trivial_runs(n: int) -> None:
@@ -183,8 +170,8 @@ async def _idle_run_kib(n: int) -> float:
 def runs(job: Job) -> Callable[[], Metrics]:
     """Memory first, in this fresh process, then the timed rounds."""
     kib = asyncio.run(_idle_run_kib(job["n"]))
-    timed = _timed(lambda: _trivial_runs(job["n"]))
-    return lambda: {**timed(), "kib_per_idle_run": kib}
+    timed_round = timed(lambda: _trivial_runs(job["n"]))
+    return lambda: {**timed_round(), "kib_per_idle_run": kib}
 
 
 async def _count(events: Any, counts: list[int], slot: int) -> None:
@@ -269,18 +256,11 @@ SCENARIOS: dict[str, Prepare] = {
     "stream": stream,
     "snapshot": snapshot,
 }
-UNSUPPORTED = {"pause": "no pause API"}
+UNSUPPORTED = {"pause": "no pause API", "durable": "no checkpointer"}
 
 
 def main() -> None:
-    job: Job = json.loads(sys.argv[1])
-    scenario = job["scenario"]
-    answer: dict[str, object] = {"version": importlib.metadata.version("llama-index-workflows")}
-    if scenario in UNSUPPORTED:
-        answer["unsupported"] = UNSUPPORTED[scenario]
-    else:
-        answer.update(measure_job(SCENARIOS[scenario], job, scenario))
-    emit(answer)
+    answer(SCENARIOS, "llama-index-workflows", UNSUPPORTED)
 
 
 if __name__ == "__main__":

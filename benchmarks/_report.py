@@ -1,4 +1,8 @@
-"""The printed table and the JSON file: medians, ratios, and why a figure is missing."""
+"""The printed tables and the JSON file: medians, noise, ratios, and why a figure is missing.
+
+Three tables from one run: blazen_trio against its floors (the tight bare-Trio code and a plain
+loop), against the peers, and the durability rows against one raw SQLite WAL commit.
+"""
 
 import datetime as dt
 import importlib.metadata
@@ -7,50 +11,78 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks._plan import Mode, Plan, Row
-
-ENGINE = "blazen_trio"
-FLOOR = "trio floor"
+from benchmarks._peers import FoundPeer
+from benchmarks._plan import ENGINE, FLOOR, DurableRow, Mode, Plan, Row
 
 Answer = dict[str, object]
-"""A job's answer for one column: `samples` (+ `median`), or the reason there are none."""
+"""A job's answer for one column: `samples` (+ `median`, `min`, `max`), or why there are none."""
 
 Results = dict[str, dict[str, Answer]]
 """column -> job key -> answer."""
 
 REASONS = ("unsupported", "gave_up", "timeout", "error", "missing")
 
+SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+"""`PRAGMA synchronous` values as SQLite names them."""
+
+FLOOR_NAMES = {
+    "spawn_time": "spawn",
+    "pool_time": "pool",
+}
+"""How a cell names the floor that was the faster one, where a row has several."""
+
 METHOD = {
-    "time": "wall time (time.perf_counter) of the measured part of each round, median of the "
-    "kept rounds; each round runs in its own event loop (trio.run / asyncio.run)",
+    "time": "wall time (time.perf_counter) of the measured part of each round; the figure is "
+    "the median of the kept rounds, [min-max] their spread; each round runs in its own event "
+    "loop (trio.run / asyncio.run)",
     "memory": "RSS growth (/proc/self/statm; getrusage ru_maxrss where /proc is missing) from "
     "before the runs to the moment all of them are parked inside their step at once (their "
     "peak), divided by the number of runs; in a fresh process per engine, after 100 warm-up "
     "runs",
-    "floor": "the same work with bare Trio: one memory channel, one task per event, "
-    "trio.CapacityLimiter for max_concurrency; for snapshots, stdlib json / pickle of the "
+    "floor": "the tightest correct bare-Trio code for each scenario: chain = one task, the "
+    "same memory channel, handler awaited inline; fan-out = limiter-gated spawn (a slot taken "
+    "before each task starts) and a pool of `workers` tasks, the faster one shown; runs = a "
+    "nursery and one task per run, its step awaited inline; stream = per-subscriber memory "
+    "channels read in batches (receive_nowait drain loops); snapshot = pickle / json of the "
     "same state and pending events as plain dicts (less metadata than an engine snapshot)",
+    "plain loop": "the same handler calls with no Trio and no coroutines (a deque, plain "
+    "functions): the physical limit of the work in Python",
+    "fan-in": "every engine's collect_events expectation list is built once per size, not per "
+    "call (the benchmark's own cost)",
     "streaming": "subscriber buffers sized to be lossless in every engine; the producer yields "
     "every 64 events; LlamaIndex streams to one consumer per run, so its 'many subscribers' "
     "figure includes a hand fan-out through asyncio.Queue",
     "llama snapshot": "LlamaIndex has no pause: json.dumps(ctx.to_dict()) of a run parked on "
     "one step, and Context.from_dict(json.loads(...))",
+    "uncapped peers": "pydantic-graph (map + join) and Burr (MapStates) have no concurrency "
+    "cap on a fan-out: all items run at once, where blazen_trio and the floor run at most "
+    "`workers`",
+    "durability": "per step = the run's wall time / step invocations (the many-keys chains: "
+    "from the first one-key step to the end, so the step that writes all keys is not counted); "
+    "a new store file per round (DBOS: one database per job, it launches once per process); "
+    "raw WAL commit = one INSERT of 256 bytes + COMMIT in WAL mode, looped in a worker thread, "
+    "stdlib sqlite3; DBOS and LangGraph report the SQLite settings read back from their "
+    "connections",
 }
 
 
-def add_medians(answer: Answer) -> Answer:
+def add_stats(answer: Answer) -> Answer:
+    """Add each metric's median, min and max over the kept rounds."""
     samples = answer.get("samples")
     if isinstance(samples, dict):
         answer["median"] = {name: statistics.median(values) for name, values in samples.items()}
+        answer["min"] = {name: min(values) for name, values in samples.items()}
+        answer["max"] = {name: max(values) for name, values in samples.items()}
     return answer
 
 
-def median(answer: Answer | None, metric: str) -> float | None:
-    medians = (answer or {}).get("median")
-    if isinstance(medians, dict):
-        value = medians.get(metric)
+def stat(answer: Answer | None, metric: str, which: str = "median") -> float | None:
+    figures = (answer or {}).get(which)
+    if isinstance(figures, dict):
+        value = figures.get(metric)
         return float(value) if isinstance(value, int | float) else None
     return None
 
@@ -76,11 +108,17 @@ def short_reason(full: str) -> str:
     return head if len(head) <= 44 else head[:41] + "..."
 
 
+_TIME_SCALES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "us"))
+
+
+def _time_scale(value: float) -> tuple[float, str]:
+    return next(((s, u) for s, u in _TIME_SCALES if value >= s), _TIME_SCALES[-1])
+
+
 def format_figure(value: float, unit: str) -> str:
     if unit == "s":
-        for scale, suffix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-            if value >= scale or suffix == "us":
-                return f"{value / scale:.3g} {suffix}"
+        scale, suffix = _time_scale(value)
+        return f"{value / scale:.3g} {suffix}"
     if unit == "bytes":
         return f"{value / 1024:,.0f} KiB" if value < 1024**2 else f"{value / 1024**2:.2f} MiB"
     if unit == "KiB":
@@ -88,121 +126,296 @@ def format_figure(value: float, unit: str) -> str:
     return f"{value:.2f}x"
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+def format_spread(median: float, low: float | None, high: float | None, unit: str) -> str:
+    """The median with the rounds' [min-max] in its unit, where the rounds differ."""
+    text = format_figure(median, unit)
+    if unit != "s" or low is None or high is None or low == high:
+        return text
+    scale, _ = _time_scale(median)
+    return f"{text} [{low / scale:.3g}-{high / scale:.3g}]"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
 
 
-class Table:
-    """Builds the rows' figures once; renders them as text and as JSON."""
+def format_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
 
-    def __init__(self, results: Results, rows: list[Row], peers: list[str]) -> None:
+
+def render(table: Sequence[Sequence[str]], notes: Sequence[str] = ()) -> str:
+    """A Markdown table, columns padded, the first left-aligned; numbered notes after it."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+
+    def fmt(line: Sequence[str]) -> str:
+        cells = [
+            text.ljust(width) if i == 0 else text.rjust(width)
+            for i, (text, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    out = [fmt(table[0]), rule, *(fmt(line) for line in table[1:])]
+    out += [f"[{i}] {note}" for i, note in enumerate(notes, start=1)]
+    return "\n".join(out)
+
+
+class Report:
+    """Builds every figure once from the run's results; renders the tables as text and JSON."""
+
+    def __init__(
+        self,
+        results: Results,
+        rows: list[Row],
+        durable_rows: list[DurableRow],
+        peers: list[FoundPeer],
+    ) -> None:
         self.results = results
         self.rows = rows
+        self.durable_rows = [r for r in durable_rows if r.column in results]
         self.peers = peers
         self.notes: list[str] = []
 
-    def peer_label(self, peer: str) -> str:
+    # -- figures ------------------------------------------------------------------------
+
+    def answer(self, column: str, key: str) -> Answer | None:
+        return self.results.get(column, {}).get(key)
+
+    def peer_label(self, found: FoundPeer) -> str:
         version = next(
-            (str(a["version"]) for a in self.results.get(peer, {}).values() if "version" in a),
+            (
+                str(a["version"])
+                for a in self.results.get(found.name, {}).values()
+                if "version" in a
+            ),
             None,
         )
-        short = peer.removeprefix("llama-")
-        if version is None or version == short:
-            return peer.replace("-", " ")
-        return f"llama {version} ({short})"
+        pinned = found.name.rpartition("-")[2]
+        if version is None:
+            return found.name
+        if found.peer.title == "LlamaIndex":
+            newest = "" if version == pinned else " (latest)"
+            return f"{found.peer.title} {version}{newest}"
+        return f"{found.peer.title} {version}"
+
+    def floor_choice(self, row: Row) -> tuple[str, float] | None:
+        """The floor metric with the smallest median for this row, and that median."""
+        figures = [(m, self.row_figure(row, FLOOR, m)) for m in row.floors]
+        present = [(m, v) for m, v in figures if v is not None]
+        return min(present, key=lambda item: item[1]) if present else None
+
+    def row_figure(self, row: Row, column: str, metric: str, which: str = "median") -> float | None:
+        if row.scaling_of is not None:
+            large, small = (stat(self.answer(column, k), metric, which) for k in row.scaling_of)
+            return ratio(large, small)
+        return stat(self.answer(column, row.key), metric, which)
 
     def figure(self, row: Row, column: str) -> float | None:
-        answers = self.results.get(column, {})
-        if row.scaling_of is not None:
-            large, small = (median(answers.get(key), "time") for key in row.scaling_of)
-            return None if large is None or small is None or small <= 0 else large / small
-        metric = row.metric
+        """The row's median figure in a column (the floor: its fastest floor)."""
         if column == FLOOR:
-            metric = row.floor_metric or row.metric
-        elif column != ENGINE:
-            if row.peer_metric == "":
-                return None
-            metric = row.peer_metric or row.metric
-        return median(answers.get(row.key), metric)
+            choice = self.floor_choice(row)
+            return None if choice is None else choice[1]
+        if column != ENGINE and row.peer_metric == "":
+            return None
+        metric = row.metric if column == ENGINE else (row.peer_metric or row.metric)
+        return self.row_figure(row, column, metric)
 
-    def cell(self, row: Row, column: str) -> str:
-        value = self.figure(row, column)
-        if value is not None:
-            return format_figure(value, row.unit)
-        if row.scaling_of is not None or (column not in (ENGINE, FLOOR) and row.peer_metric == ""):
-            return "-"
-        full = reason(self.results.get(column, {}).get(row.key)) or "-"
+    def plain(self, row: Row) -> float | None:
+        return None if row.plain_metric is None else self.row_figure(row, FLOOR, row.plain_metric)
+
+    def missing(self, column: str, key: str) -> str:
+        """A cell's reason for having no figure, with a numbered note for the detail."""
+        full = reason(self.answer(column, key)) or "-"
         short = short_reason(full)
-        if short != full:
-            note = f"{column}: {full}"
-            if note not in self.notes:
-                self.notes.append(note)
-            short += f" [{self.notes.index(note) + 1}]"
-        return short
+        if short == full:
+            return short
+        note = f"{column}: {full}"
+        if note not in self.notes:
+            self.notes.append(note)
+        return f"{short} [{self.notes.index(note) + 1}]"
 
-    def ratios(self, row: Row) -> list[float | None]:
-        """engine/floor, then peer/engine for each peer (None where a figure is missing)."""
+    def cell(self, row: Row, column: str, metric: str | None = None) -> str:
+        """median [min-max] of a column's figure, or why there is none."""
+        metric = metric or (row.metric if column == ENGINE else row.peer_metric or row.metric)
+        if column == FLOOR and metric == row.metric:
+            choice = self.floor_choice(row)
+            metric = choice[0] if choice else row.floors[0]
+        value = self.row_figure(row, column, metric)
+        if value is None:
+            return "-" if row.scaling_of is not None else self.missing(column, row.key)
         if row.scaling_of is not None:
-            return [None] * (1 + len(self.peers))
-        engine = self.figure(row, ENGINE)
-        peer_ratios = [_ratio(self.figure(row, peer), engine) for peer in self.peers]
-        return [_ratio(engine, self.figure(row, FLOOR)), *peer_ratios]
+            return format_figure(value, row.unit)
+        low, high = (self.row_figure(row, column, metric, w) for w in ("min", "max"))
+        text = format_spread(value, low, high, row.unit)
+        if column == FLOOR and len(row.floors) > 1 and metric in row.floors:
+            text += f" {FLOOR_NAMES.get(metric, metric)}"
+        return text
 
-    def header(self) -> list[str]:
-        peer_ratios = [f"{p.removeprefix('llama-')}/engine" for p in self.peers]
-        columns = [ENGINE, FLOOR, *(self.peer_label(p) for p in self.peers)]
-        return ["scenario", *columns, "engine/floor", *peer_ratios]
+    # -- the three tables ---------------------------------------------------------------
 
-    def lines(self) -> list[list[str]]:
-        columns = [ENGINE, FLOOR, *self.peers]
+    def main_lines(self) -> list[list[str]]:
+        header = ["scenario", ENGINE, "tight trio floor", "engine/floor", "plain loop"]
+        header.append("engine/plain")
+        lines = [header]
+        for row in self.rows:
+            plain = None if row.scaling_of else self.plain(row)
+            floor = None if row.scaling_of else self.figure(row, FLOOR)
+            lines.append(
+                [
+                    row.label,
+                    self.cell(row, ENGINE),
+                    self.cell(row, FLOOR),
+                    format_ratio(ratio(self.figure(row, ENGINE), floor)),
+                    "" if row.plain_metric is None else self.cell(row, FLOOR, row.plain_metric),
+                    format_ratio(None if plain is None else ratio(self.figure(row, ENGINE), plain)),
+                ]
+            )
+        return lines
+
+    def peer_rows(self) -> list[Row]:
+        """Main-table rows some peer has a figure or a reason for."""
         return [
-            [
-                row.label,
-                *(self.cell(row, c) for c in columns),
-                *("" if r is None else f"{r:.2f}x" for r in self.ratios(row)),
-            ]
+            row
             for row in self.rows
+            if row.peer_metric != ""
+            and any(
+                (row.scaling_of and all(k in self.results.get(p.name, {}) for k in row.scaling_of))
+                or row.key in self.results.get(p.name, {})
+                for p in self.peers
+            )
         ]
+
+    def peer_cell(self, row: Row, found: FoundPeer) -> str:
+        """The peer's median, and how many times faster blazen_trio is: `7.42 s (53.8x)`."""
+        value = self.figure(row, found.name)
+        if value is None:
+            keys = row.scaling_of or (row.key,)
+            if not all(k in self.results.get(found.name, {}) for k in keys):
+                return "-"
+            return "-" if row.scaling_of else self.missing(found.name, row.key)
+        text = format_figure(value, row.unit)
+        faster = ratio(value, self.figure(row, ENGINE))
+        return text if row.scaling_of or faster is None else f"{text} ({faster:.1f}x)"
+
+    def peer_lines(self) -> list[list[str]]:
+        header = ["scenario", ENGINE, *(self.peer_label(p) for p in self.peers)]
+        lines = [header]
+        for row in self.peer_rows():
+            engine = self.figure(row, ENGINE)
+            shown = "-" if engine is None else format_figure(engine, row.unit)
+            lines.append([row.label, shown, *(self.peer_cell(row, p) for p in self.peers)])
+        return lines
+
+    def implementation(self, row: DurableRow) -> str:
+        if row.column == FLOOR:
+            if row.key.startswith("walhop"):
+                return "stdlib sqlite3, each commit awaited via trio.to_thread"
+            return "stdlib sqlite3, the whole loop in one worker thread"
+        if row.column == ENGINE:
+            return {
+                "none": "blazen_trio, no store",
+                "memory": "blazen_trio, MemoryCheckpointStore",
+            }.get(row.setting, f'blazen_trio, SqliteCheckpointStore(durability="{row.setting}")')
+        found = next((p for p in self.peers if p.name == row.column), None)
+        label = row.column if found is None else self.peer_label(found)
+        if row.column == "langgraph":
+            saver = "AsyncSqliteSaver" if row.key.startswith("druns") else "SqliteSaver"
+            return f"{label}, {saver}"
+        return label
+
+    def settings(self, row: DurableRow) -> str:
+        """The SQLite settings of a row: as the peer read them back, else as configured."""
+        if row.setting in ("none", "memory"):
+            return "-"
+        told = (self.answer(row.column, row.key) or {}).get("settings")
+        if isinstance(told, dict):
+            mode = str(told.get("journal_mode", "?"))
+            level = told.get("synchronous")
+            sync = SYNCHRONOUS.get(level, "?") if isinstance(level, int) else "?"
+            journal = "WAL" if mode == "wal" else f"rollback journal ({mode})"
+            return f"{journal}, synchronous={sync} (read back)"
+        return f"WAL, synchronous={row.setting.upper()}"
+
+    def baseline_key(self, row: DurableRow) -> str | None:
+        """What a row is compared with in its own column: the engine's run with no store, or
+        (many-keys chains) the chain with the fewest keys at the same setting."""
+        workload = row.key.rsplit("_", 1)[0]
+        if workload.startswith("keys"):
+            fewest = min(
+                (r.key for r in self.durable_rows if r.key.startswith("keys")),
+                key=lambda key: int(key.rsplit("_", 1)[0].removeprefix("keys")),
+            ).rsplit("_", 1)[0]
+            return None if fewest == workload else f"{fewest}_{row.setting}"
+        if row.column == ENGINE and row.setting != "none":
+            return f"{workload}_none"
+        return None
+
+    def durable_figure(self, column: str, key: str, which: str = "median") -> float | None:
+        return stat(self.answer(column, key), "per_step", which)
+
+    def durable_lines(self) -> list[list[str]]:
+        header = ["workload", "implementation", "SQLite settings", "per step [min-max]"]
+        header += ["/ WAL commit", "/ baseline", "peer / blazen_trio"]
+        lines = [header]
+        for row in self.durable_rows:
+            value = self.durable_figure(row.column, row.key)
+            if value is None:
+                shown = self.missing(row.column, row.key)
+            else:
+                low, high = (self.durable_figure(row.column, row.key, w) for w in ("min", "max"))
+                shown = format_spread(value, low, high, "s")
+            wal = None if row.wal_key is None else self.durable_figure(FLOOR, row.wal_key)
+            baseline = self.baseline_key(row)
+            own = None if baseline is None else self.durable_figure(row.column, baseline)
+            engine = (
+                self.durable_figure(ENGINE, row.key) if row.column not in (ENGINE, FLOOR) else None
+            )
+            lines.append(
+                [
+                    row.workload,
+                    self.implementation(row),
+                    self.settings(row),
+                    shown,
+                    format_ratio(None if row.column == FLOOR else ratio(value, wal)),
+                    format_ratio(ratio(value, own)),
+                    format_ratio(ratio(value, engine)),
+                ]
+            )
+        return lines
 
     def render(self) -> str:
-        table = [self.header(), *self.lines()]
-        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        self.notes = []
+        parts = [render(self.main_lines())] if self.rows else []
+        if self.peers and len(self.peer_lines()) > 1:
+            parts.append(render(self.peer_lines()))
+        if self.durable_rows:
+            parts.append(render(self.durable_lines()))
+        notes = [f"[{i}] {note}" for i, note in enumerate(self.notes, start=1)]
+        return "\n\n".join(parts) + ("\n" + "\n".join(notes) if notes else "")
 
-        def fmt(line: list[str]) -> str:
-            cells = [
-                text.ljust(width) if i == 0 else text.rjust(width)
-                for i, (text, width) in enumerate(zip(line, widths, strict=True))
-            ]
-            return "| " + " | ".join(cells) + " |"
-
-        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-        out = [fmt(table[0]), rule, *(fmt(line) for line in table[1:])]
-        out += [f"[{i}] {note}" for i, note in enumerate(self.notes, start=1)]
-        return "\n".join(out)
-
-    def json_rows(self) -> list[dict[str, object]]:
-        columns = [ENGINE, FLOOR, *self.peers]
-        return [
-            {
-                "label": row.label.strip(),
-                "unit": row.unit,
-                "figures": {c: self.figure(row, c) for c in columns},
-                "ratios": dict(
-                    zip(self.header()[len(columns) + 1 :], self.ratios(row), strict=True)
-                ),
-            }
-            for row in self.rows
-        ]
+    def json_tables(self) -> dict[str, object]:
+        self.notes = []
+        tables = {
+            "main": self.main_lines(),
+            "peers": self.peer_lines(),
+            "durability": self.durable_lines(),
+        }
+        return {"tables": tables, "notes": list(self.notes)}
 
 
 LEGEND = """\
-Figures: median of the kept rounds (lower is better). engine/floor = blazen_trio / bare Trio \
-(1.00x = no overhead). X/engine = peer / blazen_trio (how many times faster blazen_trio is). \
-Fan-out scaling = time at the large size / time at the small one. Memory: RSS growth per run \
-with all runs parked at once, fresh process per engine. Snapshot floor = stdlib json / pickle \
-of the same data. Method details and raw samples: the JSON file."""
+Figures: median of the kept rounds [min-max over those rounds]; lower is better. \
+engine/floor = blazen_trio / the tight bare-Trio floor (1.00x = no overhead); the fan-out \
+floor is the faster of a limiter-gated spawn and a worker pool (the cell names it). \
+engine/plain = blazen_trio / the same work as a plain Python loop. Peer cells: the peer's \
+median (peer / blazen_trio: above 1x, blazen_trio is faster or smaller). pydantic-graph \
+and Burr fan out with no concurrency cap. Durability: per step = wall time / step \
+invocations; / WAL commit = against one raw SQLite WAL commit at the same synchronous \
+setting (the loop in one thread); / baseline = against the same workload with no store \
+(blazen_trio's stores) or with the fewest keys (many-keys chains). Method and raw samples: \
+the JSON."""
 
 
 def _version(package: str) -> str:
@@ -236,9 +449,7 @@ def machine() -> dict[str, object]:
     }
 
 
-def report_json(
-    table: Table, mode: Mode, rounds: int, plans: list[Plan], peer_python: dict[str, str]
-) -> dict[str, object]:
+def report_json(report: Report, mode: Mode, rounds: int, plans: list[Plan]) -> dict[str, object]:
     return {
         "suite": "blazen_trio benchmarks",
         "mode": mode.name,
@@ -247,15 +458,21 @@ def report_json(
         "budget_s": mode.budget_s,
         "timeout_s": mode.timeout_s,
         "peer_timeout_s": mode.peer_timeout_s,
+        "durable_peer_timeout_s": mode.durable_peer_timeout_s,
         "machine": machine(),
         "method": METHOD,
         "peers": {
-            peer: {"label": table.peer_label(peer), "python": peer_python.get(peer)}
-            for peer in table.peers
+            p.name: {
+                "label": report.peer_label(p),
+                "python": None if p.python is None else str(p.python),
+                "requirements": list(p.peer.requirements),
+                "missing": None if p.python is not None else p.missing,
+            }
+            for p in report.peers
         },
         "jobs": {plan.key: {"scenario": plan.scenario, **plan.params} for plan in plans},
-        "rows": table.json_rows(),
-        "results": table.results,
+        **report.json_tables(),
+        "results": report.results,
     }
 
 

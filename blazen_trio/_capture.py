@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -267,7 +267,7 @@ def _read(
         run_id=snapshot.run_id,
         state={key: decode_value(wire, key=key) for key, wire in snapshot.state.items()},
         buffers=_buffers(snapshot, accepts, known),
-        input_requests=_requests(snapshot, known),
+        input_requests=_all_of(snapshot.input_requests, known, InputRequestEvent, "input_requests"),
         pending=_pending(snapshot, accepts, known),
         usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
         cost_usd=usage.cost_usd,
@@ -276,7 +276,7 @@ def _read(
         active_time=snapshot.active_time,
         journal_seq=snapshot.journal_seq,
         routed_seq=snapshot.routed_seq,
-        responses=_responses(snapshot, known),
+        responses=_all_of(snapshot.input_responses, known, InputResponseEvent, "input_responses"),
     )
 
 
@@ -312,34 +312,22 @@ def _buffers(
     return buffers
 
 
-def _requests(
-    snapshot: WorkflowSnapshot, known: Mapping[str, type[Event]]
-) -> list[InputRequestEvent]:
-    requests = []
-    for item in snapshot.input_requests:
-        request = decode_event(item, known)
-        if not isinstance(request, InputRequestEvent):
-            raise SnapshotError(
-                f"snapshot input_requests hold an event of type {item.type_id!r}, "
-                "not an input request"
-            )
-        requests.append(request)
-    return requests
+E = TypeVar("E", bound=Event)
 
 
-def _responses(
-    snapshot: WorkflowSnapshot, known: Mapping[str, type[Event]]
-) -> list[InputResponseEvent]:
-    responses = []
-    for item in snapshot.input_responses:
-        response = decode_event(item, known)
-        if not isinstance(response, InputResponseEvent):
+def _all_of(
+    items: Iterable[EncodedEvent], known: Mapping[str, type[Event]], cls: type[E], where: str
+) -> list[E]:
+    """Decode a snapshot list that may hold only events of class `cls`."""
+    decoded = []
+    for item in items:
+        event = decode_event(item, known)
+        if not isinstance(event, cls):
             raise SnapshotError(
-                f"snapshot input_responses hold an event of type {item.type_id!r}, "
-                "not an input response"
+                f"snapshot {where} hold an event of type {item.type_id!r}, not a {cls.__name__}"
             )
-        responses.append(response)
-    return responses
+        decoded.append(event)
+    return decoded
 
 
 def _dropped(snapshot: WorkflowSnapshot) -> list[str]:

@@ -42,9 +42,10 @@ from ._journal import fold
 from ._queue import Control, ControlOp, Lease
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
-    DEFAULT_COMPACT_EVERY,
+    AUTO,
     FINISHED,
     CheckpointStore,
+    CompactEvery,
     answer_record,
     check_compact_every,
     check_follows,
@@ -135,7 +136,7 @@ class _Db:
     connection: psycopg.Connection[Any]
     label: str
     now: float
-    compact_every: int | None
+    compact_every: CompactEvery
     retrying: bool = False  # an earlier try may have committed (the connection broke)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
@@ -297,8 +298,17 @@ class _Db:
         )  # fmt: skip
         if record.status in FINISHED:
             self.notify(run_id)  # a client may wait for the result
-        if compaction_due(self.compact_every, record.seq - base_seq):
+        if compaction_due(self.compact_every, record.seq - base_seq, lambda: self.sizes(run_id)):
             self.compact(run_id)
+
+    def sizes(self, run_id: str) -> tuple[int, int]:
+        """(journal, base) of a run, in bytes."""
+        journal, base = self.one(
+            "SELECT (SELECT coalesce(sum(length(data)), 0) FROM blazen_trio_records "
+            "WHERE run_id = %s), length(base) FROM blazen_trio_runs WHERE run_id = %s",
+            (run_id, run_id),
+        )
+        return int(journal), int(base)
 
     def landed(self, run_id: str, seq: int, data: bytes) -> bool:
         """Whether record `seq` is the one we wrote (or compaction already folded it in)."""
@@ -598,7 +608,7 @@ class PostgresCheckpointStore:
         self,
         dsn: str,
         *,
-        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        compact_every: CompactEvery = AUTO,
         clock: Callable[[], float] = time.time,
         pool_size: int = 10,
         retry_for: float = 10.0,

@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import attrs
 import trio
@@ -167,6 +167,19 @@ class StepSlot:
 
 
 @attrs.define(eq=False, slots=True)
+class Family:
+    """A step invocation's sub-workflows: how many `ctx.run_workflow` calls its attempt made,
+    the children going on now, and those finished (or restored) so a re-run skips them."""
+
+    calls: int = 0
+    children: dict[int, Run] = attrs.Factory(dict)
+    memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
+
+
+_NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
+
+
+@attrs.define(eq=False, slots=True)
 class Invocation:
     """One delivery of one event to one step: queued, then in flight until committed."""
 
@@ -177,11 +190,8 @@ class Invocation:
     sent: list[Event] = attrs.Factory(list)
     closed: bool = False
     scope: trio.CancelScope | None = None
-    # Sub-workflows: how many `ctx.run_workflow` calls the attempt made, the children going
-    # on now (by call index), and those finished (or restored) so a re-run does not redo them.
-    calls: int = 0
-    children: dict[int, Run] = attrs.Factory(dict)
-    memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
+    # Made by the first `ctx.run_workflow` call (or a restored child): most steps have none.
+    family: Family | None = None
     # An undeclared send: it fails the step even if the step caught it, and is not retried.
     refused: StepFailed | None = None
 
@@ -196,15 +206,25 @@ class Invocation:
 
     def reserve_calls(self, count: int) -> int:
         """Number the next `count` sub-workflow calls; returns the first index."""
-        first = self.calls
-        self.calls += count
+        family = self.own_family()
+        first = family.calls
+        family.calls += count
         return first
 
+    def own_family(self) -> Family:
+        if self.family is None:
+            self.family = Family()
+        return self.family
+
+    @property
+    def children(self) -> dict[int, Run]:
+        """Sub-workflows going on now, by call index (empty for most steps)."""
+        return self.family.children if self.family is not None else _NO_CHILDREN
+
     def send(self, event: Event) -> None:
-        """`ctx.send_event`: keep the event for the commit, if the step declares its type."""
-        spec = self.slot.spec
-        if not spec.may_emit(type(event)):
-            self.refused = _undeclared(spec, event, "sent")
+        """`ctx.send_event`: keep the event for the commit, if the step may emit it."""
+        self.refused = _emit_problem(self.slot.spec, event, "sent")
+        if self.refused is not None:
             raise self.refused
         self.sent.append(event)
 
@@ -233,6 +253,17 @@ def _bad_return(spec: StepSpec, output: object) -> StepFailed:
         f"step {spec.name!r} returned {type(output).__qualname__}; a step returns an Event, "
         "a list of Events, or None",
     )
+
+
+def _emit_problem(spec: StepSpec, event: Event, how: str) -> StepFailed | None:
+    """Why `spec` may not emit `event`: a type it does not declare, a malformed request."""
+    if not spec.may_emit(type(event)):
+        return _undeclared(spec, event, how)
+    if type(event) is InputRequestEvent:
+        problem = builtin_event_problem(event)
+        if problem is not None:
+            return StepFailed(spec.name, f"invalid input request: {problem}")
+    return None
 
 
 def _undeclared(spec: StepSpec, event: Event, how: str) -> StepFailed:
@@ -292,6 +323,18 @@ def _plus(totals: UsageTotals, usage: UsageEvent) -> UsageTotals:
     )
 
 
+_DEFINITIONS: set[type] = set()  # classes found to meet RunDefinition (a Protocol check is slow)
+
+
+def _is_definition(value: object) -> TypeGuard[RunDefinition]:
+    cls = type(value)
+    if cls not in _DEFINITIONS:
+        if not isinstance(value, RunDefinition):
+            return False
+        _DEFINITIONS.add(cls)
+    return True
+
+
 def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
     """A finished child's result, as the run that finished it returned it (its usage was
     counted then)."""
@@ -305,7 +348,9 @@ def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
 def _child_memos(invocation: Invocation) -> list[ChildMemo]:
     """The invocation's sub-workflows as a snapshot keeps them: results, or snapshots."""
     memos = []
-    for index, done in sorted(invocation.memo.items()):
+    if invocation.family is None:
+        return []
+    for index, done in sorted(invocation.family.memo.items()):
         if isinstance(done, WorkflowResult):
             done = ChildMemo(index=index, run_id=done.run_id, result=encode_event(done.event))
         memos.append(done)
@@ -359,6 +404,53 @@ def new_run_id() -> str:
 class Run:
     """The state and tasks of one workflow run; driven by `Workflow.run` / `Workflow.start`."""
 
+    # Slots: a parked run is mostly this object; 10,000 of them should not weigh a dict each.
+    __slots__ = (
+        "_abandoned",
+        "_answering",
+        "_end_notes",
+        "_ended",
+        "_inbox_backlog",
+        "_inbox_send",
+        "_journal",
+        "_journaled_history",
+        "_journaling",
+        "_lifecycle",
+        "_nursery",
+        "_observed",
+        "_on_commit",
+        "_pause_replies",
+        "_paused",
+        "_queued",
+        "_refs",
+        "_seq",
+        "_start",
+        "_status",
+        "_status_changed",
+        "_stored_responses",
+        "_targets",
+        "_unjournaled_usage",
+        "broadcast",
+        "clock",
+        "commits",
+        "cost_usd",
+        "depth",
+        "finished",
+        "held",
+        "history",
+        "in_flight",
+        "input_requests",
+        "outcome",
+        "parent",
+        "restored",
+        "run_id",
+        "slots",
+        "state",
+        "stored_outcome",
+        "usage",
+        "workflow",
+    )
+
     def __init__(
         self,
         workflow: RunDefinition,
@@ -385,7 +477,7 @@ class Run:
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
         self._status = RunStatus.RUNNING
-        self._status_changed = trio.Event()
+        self._status_changed: trio.Event | None = None  # made by the first waiter
         self.usage = Usage()
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
@@ -396,6 +488,7 @@ class Run:
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
         self._on_commit = on_commit
+        self._targets = workflow.targets
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -454,7 +547,9 @@ class Run:
             else:
                 envelope = self._envelope(work.event, work.source, quiet=True)
             invocation = Invocation(slots[work.step], envelope, work.attempt)
-            invocation.memo.update((memo.index, memo) for memo in work.children)
+            if work.children:
+                memos = invocation.own_family().memo
+                memos.update((memo.index, memo) for memo in work.children)
             slots[work.step].queue.append(invocation)
             self._queued += 1
 
@@ -473,12 +568,15 @@ class Run:
             self._announce_status()
 
     def _announce_status(self) -> None:
-        self._status_changed.set()
-        self._status_changed = trio.Event()
+        if self._status_changed is not None:
+            self._status_changed.set()
+            self._status_changed = None
 
     async def wait_for_status(self, wanted: frozenset[RunStatus]) -> RunStatus:
         """Wait until the run's status is one of `wanted`, or the run has ended."""
         while self._status not in wanted and self.outcome is None:
+            if self._status_changed is None:
+                self._status_changed = trio.Event()
             await self._status_changed.wait()
         await trio.lowlevel.checkpoint()
         return self._status
@@ -552,8 +650,8 @@ class Run:
             self._finish(outcome, RunStatus.FAILED)
 
     def _begin_restored(self) -> None:
-        """Start the work of a run built from a snapshot."""
-        self._record(HistoryKind.RUN_RESUMED)
+        """Start the work of a run built from a snapshot (a new durable run's first one, too)."""
+        self._record(HistoryKind.RUN_STARTED if self._start else HistoryKind.RUN_RESUMED)
         for request_id in self.input_requests:
             self._check_answerable(request_id)
         answers, self._stored_responses = self._stored_responses, []
@@ -738,7 +836,12 @@ class Run:
         with trio.CancelScope() as scope:
             while current is not None:
                 current.scope = scope
-                following = await self._execute(current)
+                if self.outcome is not None:  # the run ended before this invocation started
+                    return
+                if self._paused:  # dispatched before the pause but not started: it waits
+                    self._requeue(current)
+                    return
+                following = await self._attempts(current)
                 current = following
                 if following is not None:
                     following.scope = scope  # reachable by a pause during the checkpoint
@@ -750,20 +853,14 @@ class Run:
 
     # -- one invocation ------------------------------------------------------------------
 
-    async def _execute(self, invocation: Invocation) -> Invocation | None:
-        """Run one invocation to its commit; returns the worker's next invocation."""
-        if self.outcome is not None:  # the run ended before this invocation started
-            return None
-        if self._paused:  # dispatched before the pause but not started: it waits
-            self._requeue(invocation)
-            return None
-        return await self._attempts(invocation)
-
     async def _attempts(self, invocation: Invocation) -> Invocation | None:
         spec = invocation.slot.spec
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
-            error, output = await self._attempt(invocation)
+            if spec.timeout is None:  # no scope of its own: the worker's is enough
+                error, output = await self._call(invocation)
+            else:
+                error, output = await self._attempt_within(invocation, spec.timeout)
             if invocation.refused is not None:  # a programming error: never retried
                 self.fail(invocation.refused)
                 return None
@@ -783,8 +880,7 @@ class Run:
                 self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
             invocation.sent.clear()
-            invocation.calls = 0  # a retry runs the whole step again, its sub-workflows too
-            invocation.memo.clear()
+            invocation.family = None  # a retry runs the whole step again, its children too
             policy = invocation.slot.retry
             if policy is None or not policy.should_retry(error, invocation.attempt):
                 self.fail(_failure(spec.name, error))
@@ -801,15 +897,15 @@ class Run:
                 )
             await trio.sleep(policy.delay_before(invocation.attempt))
 
-    async def _attempt(self, invocation: Invocation) -> tuple[Exception | None, Any]:
-        spec = invocation.slot.spec
-        if spec.timeout is None:  # no scope of its own: the invocation's is enough
-            return await self._call(invocation)
+    async def _attempt_within(
+        self, invocation: Invocation, seconds: float
+    ) -> tuple[Exception | None, Any]:
+        """One attempt under the step's timeout, in a cancel scope of its own."""
         with trio.CancelScope() as scope:
-            scope.relative_deadline = spec.timeout
+            scope.relative_deadline = seconds
             return await self._call(invocation)
         assert scope.cancelled_caught
-        return StepTimeout(spec.name, spec.timeout), None
+        return StepTimeout(invocation.slot.spec.name, seconds), None
 
     async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
         """One call of the step: its output, or its exception as data for the run.
@@ -855,39 +951,38 @@ class Run:
         ready = self.commit(invocation, envelopes)
         if not ready:
             return None
-        self.spawn(ready[1:])
+        if len(ready) > 1:
+            self.spawn(ready[1:])
         return ready[0]
 
     def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
-        """Sent events, then the returned ones; None (the run failed) for a wrong return."""
-        spec = invocation.slot.spec
+        """Sent events, then the returned ones; None (the run failed) for a wrong return.
+
+        Sent events were checked when sent (`Invocation.send`).
+        """
         if isinstance(output, Event):
-            returned = [output]
+            returned: list[Event] = [output]
         elif output is None:
             return invocation.sent
         elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
             returned = output
         else:
-            self.fail(_bad_return(spec, output))
+            self.fail(_bad_return(invocation.slot.spec, output))
             return None
         for event in returned:
-            if not spec.may_emit(type(event)):
-                self.fail(_undeclared(spec, event, "returned"))
-                return None
-        events = [*invocation.sent, *returned]
-        for event in events:
-            problem = builtin_event_problem(event) if type(event) is InputRequestEvent else None
+            problem = _emit_problem(invocation.slot.spec, event, "returned")
             if problem is not None:
-                self.fail(StepFailed(spec.name, f"invalid input request: {problem}"))
+                self.fail(problem)
                 return None
-        return events
+        return [*invocation.sent, *returned] if invocation.sent else returned
 
     # -- routing -------------------------------------------------------------------------
 
     def commit(self, invocation: Invocation, envelopes: list[Envelope]) -> list[Invocation]:
         """Make a completed invocation's outputs durable work; return invocations now ready."""
         self.in_flight.discard(invocation)
-        self.state.settle(invocation.undo)
+        if invocation.undo:
+            self.state.settle(invocation.undo)
         self.commits += 1
         if self._on_commit is not None:
             self._on_commit(
@@ -901,7 +996,8 @@ class Run:
                 )
             )
         ready = self._route(envelopes)
-        ready.extend(self._release(invocation))
+        if invocation.slot.limiter is not None:
+            ready.extend(self._release(invocation))
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready
@@ -927,7 +1023,7 @@ class Run:
             if isinstance(event, InputRequestEvent):
                 self._request_input(envelope)
                 continue
-            targets = self.workflow.targets(type(event))
+            targets = self._targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
@@ -1164,25 +1260,26 @@ class Run:
         A child this invocation already finished (before a pause, a snapshot or a crash) is
         not run again; one that was going on resumes where it was.
         """
-        if not isinstance(workflow, RunDefinition):
+        if not _is_definition(workflow):
             raise TypeError(f"run_workflow takes a Workflow, got {type(workflow).__name__}")
         if self.depth >= MAX_SUB_WORKFLOW_DEPTH:
             raise RecursionError(
                 f"sub-workflows nest at most {MAX_SUB_WORKFLOW_DEPTH} deep: "
                 f"{workflow.name!r} would be level {self.depth + 2}"
             )
-        memo = invocation.memo.get(index)
+        family = invocation.own_family()
+        memo = family.memo.get(index)
         if isinstance(memo, WorkflowResult):
             return memo
         if memo is not None and memo.result is not None:
             return _memoized(memo, workflow._known())
         child = await self._open_child(workflow, input, invocation, index, memo)
         self._record(HistoryKind.CHILD_STARTED, step=invocation.step_name, detail=child.run_id)
-        invocation.children[index] = child
+        family.children[index] = child
         try:
             await child.drive(lambda: self._begin_child(child))
         finally:
-            del invocation.children[index]
+            del family.children[index]
         self._record(
             HistoryKind.CHILD_FINISHED,
             step=invocation.step_name,
@@ -1190,7 +1287,7 @@ class Run:
         )
         outcome = child.outcome
         if isinstance(outcome, WorkflowResult):
-            invocation.memo[index] = outcome
+            family.memo[index] = outcome
             if self._journal is not None:  # a re-run of this step after a crash takes it
                 memo = ChildMemo(
                     index=index, run_id=child.run_id, result=encode_event(outcome.event)

@@ -1,11 +1,13 @@
 """The embedded checkpoint store: one SQLite file in WAL mode, written by one thread.
 
-Table `runs` holds each run's base snapshot (sealed `WorkflowSnapshot.to_bytes()`, with the
-journal seq it includes); table `records` holds the journal records written since (sealed
-`encode_record` bytes). Writes go to a dedicated writer thread that commits everything queued in
-one transaction (group commit: concurrent runs share one fsync), each write in a SAVEPOINT so a
-refused one fails alone. Reads open a short-lived connection in a Trio worker thread; WAL lets
-them read while the writer writes, and lets other processes share the file.
+Table `runs` holds each run's row (status, times, the journal seq its base includes), table
+`bases` its base snapshot (sealed `WorkflowSnapshot.to_bytes()`: apart, so the small update of
+the run's row at every append never rewrites a big base), and table `records` the journal
+records written since (sealed `encode_record` bytes). Writes go to a dedicated writer thread
+that commits everything queued in one transaction (group commit: concurrent runs share one
+fsync), each write in a SAVEPOINT so a refused one fails alone. Reads open a short-lived
+connection in a Trio worker thread; WAL lets them read while the writer writes, and lets other
+processes share the file.
 """
 
 import builtins  # `list` is a method name of the store
@@ -29,8 +31,9 @@ from ._events import INT64_MAX
 from ._journal import fold
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
-    DEFAULT_COMPACT_EVERY,
+    AUTO,
     FINISHED,
+    CompactEvery,
     answer_record,
     check_compact_every,
     check_follows,
@@ -69,8 +72,11 @@ _SCHEMA: Final = (
         status TEXT NOT NULL,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
-        base BLOB NOT NULL,
         base_seq INTEGER NOT NULL
+    )""",
+    """CREATE TABLE bases (
+        run_id TEXT PRIMARY KEY,
+        base BLOB NOT NULL
     )""",
     """CREATE TABLE records (
         run_id TEXT NOT NULL,
@@ -114,7 +120,10 @@ class _Db:
             ) from exc
 
     def load(self, run_id: str, at: int | None) -> WorkflowSnapshot | None:
-        query = f"SELECT base, base_seq, {_LAST_SEQ} FROM runs WHERE run_id = ?"
+        query = (
+            f"SELECT base, base_seq, {_LAST_SEQ} FROM runs JOIN bases USING (run_id) "
+            "WHERE run_id = ?"
+        )
         row = self.execute(query, (run_id,)).fetchone()
         if row is None:
             return None
@@ -150,10 +159,15 @@ class _Db:
         self.execute("DELETE FROM records WHERE run_id = ? AND seq <= ?", (run_id, seq))
         status = status_after(snapshot.status, self.records(run_id, seq))
         self.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
             "workflow_name = excluded.workflow_name, status = excluded.status, "
-            "updated_at = excluded.updated_at, base = excluded.base, base_seq = excluded.base_seq",
-            (run_id, snapshot.workflow_name, status.value, now, now, data, seq),
+            "updated_at = excluded.updated_at, base_seq = excluded.base_seq",
+            (run_id, snapshot.workflow_name, status.value, now, now, seq),
+        )
+        self.execute(
+            "INSERT INTO bases VALUES (?, ?) "
+            "ON CONFLICT (run_id) DO UPDATE SET base = excluded.base",
+            (run_id, data),
         )
 
     def append(
@@ -162,7 +176,7 @@ class _Db:
         record: JournalRecord,
         data: bytes,
         now: float,
-        compact_every: int | None,
+        compact_every: CompactEvery,
     ) -> None:
         seqs = self.seqs(run_id)
         if seqs is None:
@@ -178,15 +192,24 @@ class _Db:
             "UPDATE runs SET updated_at = ?, status = coalesce(?, status) WHERE run_id = ?",
             (now, status, run_id),
         )
-        if compaction_due(compact_every, record.seq - base_seq):
+        if compaction_due(compact_every, record.seq - base_seq, lambda: self.sizes(run_id)):
             self.compact(run_id)
+
+    def sizes(self, run_id: str) -> tuple[int, int]:
+        """(journal, base) of a run, in bytes."""
+        [(journal, base)] = self.execute(
+            "SELECT (SELECT coalesce(sum(length(data)), 0) FROM records WHERE run_id = ?), "
+            "length(base) FROM bases WHERE run_id = ?",
+            (run_id, run_id),
+        )
+        return int(journal), int(base)
 
     def compact(self, run_id: str) -> None:
         """Fold the run's journal into a new base and drop the records it includes."""
         snapshot = cast(WorkflowSnapshot, self.load(run_id, None))  # the caller found the run
+        self.execute("UPDATE bases SET base = ? WHERE run_id = ?", (snapshot.to_bytes(), run_id))
         self.execute(
-            "UPDATE runs SET base = ?, base_seq = ? WHERE run_id = ?",
-            (snapshot.to_bytes(), snapshot.journal_seq, run_id),
+            "UPDATE runs SET base_seq = ? WHERE run_id = ?", (snapshot.journal_seq, run_id)
         )
         self.execute(
             "DELETE FROM records WHERE run_id = ? AND seq <= ?", (run_id, snapshot.journal_seq)
@@ -198,7 +221,7 @@ class _Db:
         request_id: str,
         answer: EncodedEvent,
         now: float,
-        compact_every: int | None,
+        compact_every: CompactEvery,
     ) -> None:
         """Read the run and append its answer in one transaction, so no writer comes between."""
         snapshot = self.load(run_id, None)
@@ -209,6 +232,7 @@ class _Db:
 
     def delete(self, run_id: str) -> None:
         self.execute("DELETE FROM records WHERE run_id = ?", (run_id,))
+        self.execute("DELETE FROM bases WHERE run_id = ?", (run_id,))
         self.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
     def prune(self, limit: float, statuses: frozenset[RunStatus]) -> int:
@@ -267,7 +291,7 @@ def _check_file(connection: sqlite3.Connection, path: str) -> None:
         newer = "newer than" if version > SCHEMA_VERSION else "unknown to"
         raise refuse(f"schema version {version} is {newer} this blazen_trio ({SCHEMA_VERSION})")
     query = "SELECT name FROM sqlite_schema WHERE type = 'table'"
-    missing = {"runs", "records"} - {name for (name,) in connection.execute(query)}
+    missing = {"runs", "bases", "records"} - {name for (name,) in connection.execute(query)}
     if missing:
         raise refuse(f"missing tables: {', '.join(sorted(missing))}")
 
@@ -361,7 +385,7 @@ class SqliteCheckpointStore:
         path: str | os.PathLike[str],
         *,
         durability: Literal["full", "normal"] = "full",
-        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        compact_every: CompactEvery = AUTO,
         clock: Callable[[], float] = time.time,
         connect: Callable[[str], sqlite3.Connection] = sqlite3.connect,
     ) -> None:

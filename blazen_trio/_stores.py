@@ -10,7 +10,7 @@ import builtins  # `list` is a method name of the stores
 import datetime
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol, final, runtime_checkable
+from typing import Any, Final, Literal, Protocol, final, runtime_checkable
 
 import attrs
 import trio
@@ -25,6 +25,15 @@ FINISHED: Final = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.ABORTED)
 """The statuses of runs that are over: what `prune` removes by default."""
 
 DEFAULT_COMPACT_EVERY: Final = 256
+"""Journal records per run between compactions, when a store is given a number."""
+
+AUTO: Final = "auto"
+"""The stores' default `compact_every`: compact once a run's journal (at least
+`DEFAULT_COMPACT_EVERY` records) has grown as large as its base snapshot. Each compaction
+rewrites the whole base, so tying it to the journal's size keeps its cost per record bounded
+whatever the size of the state (a run with 100,000 keys compacts rarely, a small one often)."""
+
+CompactEvery = int | Literal["auto"] | None
 """Journal records per run between compactions (a new base snapshot)."""
 
 
@@ -77,16 +86,34 @@ def statuses_of(status: RunStatus | Iterable[RunStatus] | None) -> frozenset[Run
     return frozenset(RunStatus(item) for item in status)
 
 
-def check_compact_every(compact_every: object) -> int | None:
-    """`compact_every` as the stores take it: records between compactions, or None for never."""
-    if compact_every is not None and (type(compact_every) is not int or compact_every < 1):
-        raise ValueError(f"compact_every must be an int >= 1 or None, got {compact_every!r}")
+def check_compact_every(compact_every: object) -> CompactEvery:
+    """`compact_every` as the stores take it: records between compactions, `"auto"` (see
+    `AUTO`), or None for never."""
+    if compact_every == AUTO or compact_every is None:
+        return compact_every
+    if type(compact_every) is not int or compact_every < 1:
+        raise ValueError(
+            f"compact_every must be an int >= 1, 'auto' or None, got {compact_every!r}"
+        )
     return compact_every
 
 
-def compaction_due(compact_every: int | None, kept: int) -> bool:
-    """Whether a run keeping `kept` journal records after its base gets a new base now."""
-    return compact_every is not None and kept >= compact_every
+def compaction_due(
+    compact_every: CompactEvery, kept: int, sizes: Callable[[], tuple[int, int]]
+) -> bool:
+    """Whether a run keeping `kept` journal records after its base gets a new base now.
+
+    `sizes()` gives (journal, base) in one unit; asked only under `AUTO`, and only every
+    `DEFAULT_COMPACT_EVERY` records.
+    """
+    if compact_every is None:
+        return False
+    if compact_every != AUTO:
+        return kept >= compact_every
+    if kept < DEFAULT_COMPACT_EVERY or kept % DEFAULT_COMPACT_EVERY:
+        return False
+    journal, base = sizes()
+    return journal >= base
 
 
 def no_run(run_id: str) -> CheckpointStoreError:
@@ -157,6 +184,13 @@ class _StoredRun:
     def seq(self) -> int:
         return self.records[-1].seq if self.records else self.base.journal_seq
 
+    def sizes(self) -> tuple[int, int]:
+        """(journal, base) in items: a record against an entry of the base's state or work."""
+        base = self.base
+        items = len(base.state) + len(base.pending_events) + len(base.history)
+        items += sum(map(len, base.collect_buffers.values())) + len(base.session_refs)
+        return len(self.records), items
+
     def latest(self) -> WorkflowSnapshot:
         return fold(self.base, self.records)
 
@@ -183,7 +217,7 @@ class MemoryCheckpointStore:
     def __init__(
         self,
         *,
-        compact_every: int | None = DEFAULT_COMPACT_EVERY,
+        compact_every: CompactEvery = AUTO,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._compact_every = check_compact_every(compact_every)
@@ -210,7 +244,7 @@ class MemoryCheckpointStore:
         check_follows(run_id, record.seq, stored.seq)
         stored.records.append(record)
         stored.updated_at = self._clock()
-        if compaction_due(self._compact_every, len(stored.records)):
+        if compaction_due(self._compact_every, len(stored.records), stored.sizes):
             stored.base = stored.latest()
             stored.records.clear()
 

@@ -23,6 +23,7 @@ from ._codec import (
     WorkflowSnapshot,
     check_workflow_name,
     decode_event,
+    encode_event,
     known_event_types,
     unportable_event_ids,
 )
@@ -48,9 +49,9 @@ from ._history import DEFAULT_HISTORY_LIMIT
 from ._queue import SUBMITTED_START_KEY
 from ._records import (
     EncodedEvent,
+    PendingEvent,
     RunStatus,
     SessionPausePolicy,
-    StepShape,
     Usage,
     UsageTotals,
     WorkflowResult,
@@ -299,24 +300,26 @@ PARENT_RUN_METADATA_KEY = "__blazen_parent_run"
 the parent, which finds its children)."""
 
 
-def _empty_snapshot(
-    workflow_name: str, run_id: str, fingerprint: dict[str, StepShape], parent: str | None
+def _start_snapshot(
+    workflow: Workflow, run_id: str, start: Event, targets: list[str], parent: str | None
 ) -> WorkflowSnapshot:
-    """A new durable run's base in its store: nothing yet (its first record routes the start)."""
+    """A new durable run's base in its store: its start event pending for its steps."""
+    event = encode_event(start)
     return WorkflowSnapshot(
-        workflow_name=workflow_name,
+        workflow_name=workflow.name,
         run_id=run_id,
         created_at=datetime.datetime.now(datetime.UTC),
         status=RunStatus.RUNNING,
         state={},
-        pending_events=[],
+        pending_events=[PendingEvent(event=event, target_step=step, seq=1) for step in targets],
         collect_buffers={},
         input_requests=[],
         usage=UsageTotals(),
         history=[],
         metadata={PARENT_RUN_METADATA_KEY: parent} if parent else {},
         session_refs={},
-        fingerprint=fingerprint,
+        fingerprint=workflow.fingerprint,
+        routed_seq=1,
     )
 
 
@@ -653,10 +656,15 @@ class Workflow:
             existing = await store.load(run_id)
             if existing is not None:
                 return self._attached(existing, on_commit, store)
-        run = Run(self, on_commit=on_commit, store=store, run_id=run_id, start=_start_event(input))
-        if store is not None:
-            await store.save(_empty_snapshot(self.name, run.run_id, self.fingerprint, parent))
-        return run
+        start = _start_event(input)
+        targets = [self.steps[index].name for index in self.targets(type(start))]
+        if store is None or not targets:  # not durable, or failing at once with NoHandler
+            return Run(self, on_commit=on_commit, store=store, run_id=run_id, start=start)
+        # The run is born in its store with its start event pending: a crash right after
+        # leaves a run that recovery can go on with, never an empty one.
+        base = _start_snapshot(self, run_id or new_run_id(), start, targets, parent)
+        await store.save(base)
+        return Run(self, restored=self._read(base), on_commit=on_commit, store=store, start=start)
 
     async def _resumed(
         self,

@@ -88,7 +88,7 @@ def test_a_durable_run_then_list_show_history_fork(
     assert (shown["status"], shown["result"]) == ("completed", result)
     status, history, _ = run(["runs", "history", "r1", *args], capsys)
     assert [entry["seq"] for entry in history] == list(range(1, len(history) + 1))
-    assert history[0]["step"] is None  # the start event's record
+    assert history[0]["step"] == "plan"  # the start event is in the run's first base
     status, lines, _ = run(
         ["runs", "fork", "r1", TARGET, "--at", "2", "--new-run-id", "r2", *args], capsys
     )

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections import Counter
 
+import _crash_family as crash_family
 import trio
 from _crash_workflow import EXPECTED, STEP_SECONDS, run_to_the_end
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -35,12 +36,18 @@ def child_env() -> dict[str, str]:
 
 
 async def kill_after(
-    db: pathlib.Path, effects: pathlib.Path, commits: int, mid_step: bool, runs: int, compact: int
+    db: pathlib.Path,
+    effects: pathlib.Path,
+    commits: int,
+    mid_step: bool,
+    runs: int,
+    compact: int,
+    module: str = "_crash_workflow",
 ) -> list[Commit]:
     """Run the child until it printed `commits` commits (then, mid-step, a little longer),
     SIGKILL it, and return every commit it printed."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(CHILD), str(db), str(effects), str(runs), str(compact)],
+        [sys.executable, str(CHILD), str(db), str(effects), str(runs), str(compact), module],
         stdout=subprocess.PIPE,
         env=child_env(),
     )
@@ -134,3 +141,27 @@ async def test_a_hundred_runs_killed_together_all_recover(tmp_path: pathlib.Path
     assert len(results) == 100
     assert all(result.result == EXPECTED for result in results.values())
     check_exactly_once(before, after, effects_of(effects))
+
+
+@KILLS
+@given(commits=st.integers(min_value=0, max_value=14), mid_step=st.booleans())
+async def test_a_parent_killed_mid_child_never_reruns_a_finished_child(
+    tmp_path: pathlib.Path, commits: int, mid_step: bool
+) -> None:
+    name = uuid.uuid4().hex
+    db, effects = tmp_path / f"{name}.db", tmp_path / f"{name}.effects"
+    before = await kill_after(db, effects, commits, mid_step, 1, 256, "_crash_family")
+    async with bz.SqliteCheckpointStore(db) as store:
+        committed: list[Commit] = []
+
+        def record(commit: bz.StepCommit) -> None:
+            committed.append((commit.run_id, commit.step, commit.delivery))
+
+        result = await crash_family.run_to_the_end(store, "run-0", str(effects), record)
+    assert result.result == crash_family.EXPECTED
+    seen = effects_of(effects)
+    assert not set(before) & set(committed)  # no child's or parent's commit made twice
+    for run_id, step, seq in before:
+        assert seen[f"{run_id}/{step}/{seq}"] == 1  # committed before the kill: ran once
+    runs = {key.rsplit("/", 2)[0] for key in seen}  # a key is run id / step / delivery
+    assert len(runs) == 1 + 4  # the parent and its four children, none started twice

@@ -376,3 +376,34 @@ async def test_leaving_start_with_a_paused_durable_run_keeps_it_paused_in_the_st
     result = await fanning(effects, store).run(resume=snapshot)
     assert result.result == [0, 1, 2, 3]
     assert sum(effects.values()) == 5  # nothing ran twice
+
+
+async def test_open_recovery_hands_out_a_handler_per_run_going_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = bz.MemoryCheckpointStore()
+    effects: Effects = Counter()
+    for run_id in ("one", "two"):
+        await _crash_after(fanning(effects, store), 7.5, run_id)
+    async with fanning(effects, store).open_recovery() as handlers:
+        assert sorted(handlers) == ["one", "two"]
+        results = [await handler.result() for handler in handlers.values()]
+    assert [r.result for r in results] == [[0, 1, 2, 3]] * 2
+    assert {i.status for i in await store.list()} == {bz.RunStatus.COMPLETED}
+
+
+async def test_a_run_whose_first_write_fails_is_born_recoverable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Nothing journaled yet: the stored run still holds its start, so recovery runs it."""
+    store = FailingStore(good=0)
+    effects: Effects = Counter()
+    with pytest.raises(bz.CheckpointStoreError):
+        await fanning(effects, store).run("x", run_id="newborn")
+    stored = await store.inner.load("newborn")
+    assert stored is not None
+    assert [p.target_step for p in stored.pending_events] == ["fan"]
+    outcomes = await fanning(effects, store.inner).recover()
+    result = outcomes["newborn"]
+    assert isinstance(result, bz.WorkflowResult)
+    assert result.result == [0, 1, 2, 3]

@@ -162,7 +162,7 @@ BAD_FILES: list[tuple[Callable[[pathlib.Path], Awaitable[None]], str]] = [
     (truncated, "the file is truncated mid-page"),
     (foreign, "not a blazen_trio checkpoint store: SQLite application_id is 0x0"),
     (other_application, "application_id is 0x7, not 0x427a5472 .another program's database"),
-    (ours_without_tables, "missing tables: records, runs"),
+    (ours_without_tables, "missing tables: bases, records, runs"),
     (newer, f"schema version {SCHEMA_VERSION + 1} is newer than this blazen_trio"),
 ]
 
@@ -228,7 +228,7 @@ async def test_an_unknown_durability_or_a_closed_store_is_refused(path: pathlib.
 @pytest.mark.parametrize("part", ["record", "base"])
 async def test_a_stored_item_with_a_bad_checksum_fails_load(path: pathlib.Path, part: str) -> None:
     await write_runs(path, runs=1)
-    table, where = ("records", "seq = 2") if part == "record" else ("runs", "1")
+    table, where = ("records", "seq = 2") if part == "record" else ("bases", "1")
     column = "data" if part == "record" else "base"
     await trio.to_thread.run_sync(flip_last_byte, path, table, column, where)
     async with bz.SqliteCheckpointStore(path) as store:
@@ -524,3 +524,39 @@ async def test_a_child_killed_while_compacting_leaves_a_consistent_run(
         assert snapshot == expected("child", snapshot.journal_seq)
         assert await store.history("child") == []  # compaction commits with its record
         await store.append("child", record(snapshot.journal_seq + 1))  # and the run goes on
+
+
+async def test_a_disk_that_fails_a_write_fails_the_durable_run_and_loses_nothing(
+    path: pathlib.Path,
+) -> None:
+    """A run, not just a store: its commit's write fails on a real connection wrapper."""
+    commits: list[bz.StepCommit] = []
+    faults = Faults()
+
+    class Part(bz.Event):
+        n: int
+
+    @bz.step
+    async def fan(ev: bz.StartEvent) -> list[Part]:
+        return [Part(n=n) for n in range(3)]
+
+    @bz.step(max_concurrency=1)
+    async def work(ctx: bz.Context, ev: Part) -> bz.StopEvent | None:
+        ctx.set(f"part{ev.n}", ev.n)
+        if ev.n == 1:
+            faults.fail_commits = 1  # the disk fails the commit of this step's record
+        return bz.StopEvent(result="done") if ev.n == 2 else None
+
+    async with bz.SqliteCheckpointStore(path, connect=faults.connect) as store:
+        wf = bz.Workflow("disk", [fan, work], checkpoint_store=store)
+        with pytest.raises(bz.CheckpointStoreError, match="disk I/O error"):
+            await wf.run(run_id="d1", on_commit=commits.append)
+    assert [(c.step, c.event) for c in commits] == [("fan", bz.StartEvent()), ("work", Part(n=0))]
+    async with bz.SqliteCheckpointStore(path) as reopened:  # the file opens, nothing is lost
+        stored = await reopened.load("d1")
+        assert stored is not None
+        assert stored.status == bz.RunStatus.RUNNING  # recoverable once the disk is back
+        assert stored.state == {"part0": 0}
+        result = await bz.Workflow("disk", [fan, work], checkpoint_store=reopened).recover()
+    assert isinstance(result["d1"], bz.WorkflowResult)
+    assert result["d1"].result == "done"

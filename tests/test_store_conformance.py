@@ -8,6 +8,7 @@ clock the test moves, never from sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import pathlib
 from collections.abc import AsyncIterator, Sequence
@@ -463,3 +464,25 @@ async def test_a_cancelled_appender_knows_whether_its_record_landed(store: Store
     landed = (await latest(store)).journal_seq
     assert landed == (3 if reported else 2)
     assert await store.load("run-1") == fold(START, RECORDS[:landed])
+
+
+@pytest.mark.parametrize("sqlite", [False, True], ids=["memory", "sqlite"])
+async def test_by_default_compaction_waits_until_the_journal_is_as_large_as_the_base(
+    tmp_path: pathlib.Path, sqlite: bool
+) -> None:
+    """Each compaction rewrites the whole base: with a big state it comes rarely, so a step's
+    cost does not grow with the state; a small run still compacts every 256 records."""
+    store = bz.SqliteCheckpointStore(tmp_path / "auto.db") if sqlite else bz.MemoryCheckpointStore()
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(store, bz.SqliteCheckpointStore):
+            await stack.enter_async_context(store)
+        await store.save(snapshot("small"))
+        await store.save(snapshot("big", state={f"key{n}": n for n in range(30_000)}))
+        for seq in range(1, 513):
+            for run_id in ("small", "big"):
+                await store.append(run_id, bz.JournalRecord(seq=seq, at=T0, state_set={"n": seq}))
+        assert len(await store.history("small")) == 0  # compacted at 256 and at 512
+        assert len(await store.history("big")) == 512  # its journal is still smaller
+        loaded = await store.load("big")
+        assert loaded is not None
+        assert (loaded.journal_seq, loaded.state["n"], len(loaded.state)) == (512, 512, 30_001)
