@@ -230,7 +230,8 @@ async def test_chaos_sigkilled_workers_complete_every_run_once(
             workers[index].signal(signal.SIGKILL)
             await workers[index].wait()
             kills += 1
-            workers[index] = await WorkerProcess.start(dsn, concurrency=5)
+            with trio.CancelScope(shield=True):  # a process spawned is always tracked
+                workers[index] = await WorkerProcess.start(dsn, concurrency=5)
 
     with trio.fail_after(170):
         async with trio.open_nursery() as nursery:
