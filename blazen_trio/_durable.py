@@ -34,6 +34,8 @@ class JournalWriter:
     _queue: deque[_Queued] = attrs.Factory(deque)
     _work: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     _failure: CheckpointStoreError | None = None
+    _lock: trio.Lock = attrs.Factory(trio.Lock)  # one drain at a time: records go in order
+    _stopped: bool = False  # `serve` has exited: `write` appends its record itself
 
     def add(self, at: float, **fields: Any) -> trio.Event:
         """Queue the run's next record; the event is set once it is durable (or failed)."""
@@ -47,6 +49,8 @@ class JournalWriter:
         """Queue a record and wait until it is durable; `CheckpointStoreError` if not."""
         written = self.add(at, **fields)
         with trio.CancelScope(shield=True):
+            if self._stopped:  # the run is being cancelled and its writer task is gone
+                await self.drain()
             await written.wait()
         self.check()
 
@@ -55,27 +59,36 @@ class JournalWriter:
             raise self._failure
 
     async def serve(self) -> None:
-        """The writer task: append queued records until cancelled with nothing queued."""
-        while True:
-            while not self._queue:
-                await self._work.park()
+        """The writer task: append queued records until cancelled; what is queued then (a
+        step that completed as the run was cancelled awaits it) is appended before it exits."""
+        try:
+            while True:
+                while not self._queue:
+                    await self._work.park()
+                await self.drain()
+        finally:
+            self._stopped = True
             await self.drain()
 
     async def drain(self) -> None:
         """Append everything queued, shielded (a short, bounded write)."""
         with trio.CancelScope(shield=True):
-            while self._queue:
-                queued = self._queue[0]
-                if self._failure is None:
-                    try:
-                        await self.store.append(self.run_id, queued.record)
-                    except CheckpointStoreError as error:
-                        self._failure = error
-                    except Exception as exc:  # a store of the user's: say which store failed
-                        self._failure = CheckpointStoreError(
-                            f"checkpoint store {self.store!r} failed to append record "
-                            f"{queued.record.seq} of run {self.run_id!r}: {exc!r}"
-                        )
-                        self._failure.__cause__ = exc
-                self._queue.popleft()
-                queued.written.set()
+            async with self._lock:
+                await self._drain_queue()
+
+    async def _drain_queue(self) -> None:
+        while self._queue:
+            queued = self._queue[0]
+            if self._failure is None:
+                try:
+                    await self.store.append(self.run_id, queued.record)
+                except CheckpointStoreError as error:
+                    self._failure = error
+                except Exception as exc:  # a store of the user's: say which store failed
+                    self._failure = CheckpointStoreError(
+                        f"checkpoint store {self.store!r} failed to append record "
+                        f"{queued.record.seq} of run {self.run_id!r}: {exc!r}"
+                    )
+                    self._failure.__cause__ = exc
+            self._queue.popleft()
+            queued.written.set()

@@ -15,6 +15,7 @@ so writers of one run are serialized and a second writer is refused, never inter
 """
 
 import builtins  # `list` is a method name of the store
+import collections
 import contextlib
 import datetime
 import threading
@@ -109,6 +110,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX blazen_trio_controls_run ON blazen_trio_controls (run_id)",
     ),
 }
+
+_RECENTLY_FINISHED: Final = 10_000
+"""Finished runs remembered by a store's listener, for waiters that look after the news."""
 
 _LISTEN_WAIT: Final = 0.5
 """Seconds the listener thread waits for a notification before it looks at its stop flag."""
@@ -407,6 +411,13 @@ class _Db:
         elif requeue and snapshot.status is RunStatus.PAUSED:
             self.add(snapshot, status=RunStatus.RUNNING)
         self.carry_out_queued(lease.run_id)
+        latest = self.latest(lease.run_id)
+        runnable = latest.status is RunStatus.RUNNING or (
+            latest.status is RunStatus.WAITING_FOR_INPUT and bool(latest.input_responses)
+        )
+        self.execute(
+            "UPDATE blazen_trio_runs SET runnable = %s WHERE run_id = %s", (runnable, lease.run_id)
+        )
         self.notify()  # the run may be runnable again, and its slot is free
 
     def latest(self, run_id: str) -> WorkflowSnapshot:
@@ -444,6 +455,9 @@ class _Db:
                 "VALUES (%s, %s, %s, %s)",
                 (run_id, op, request_id, None if answer is None else encode_encoded_event(answer)),
             )
+            # Runnable, so that if the holder dies before it lets go, the run is claimed once
+            # its lease runs out and its controls are carried out (`release` sets it right).
+            self.execute("UPDATE blazen_trio_runs SET runnable = true WHERE run_id = %s", (run_id,))
         self.notify()
 
     def check_control(
@@ -623,6 +637,8 @@ class PostgresCheckpointStore:
         self._closed = False
         self._news = trio.Event()
         self._run_news: dict[str, trio.Event] = {}
+        # Runs announced finished lately: a waiter that comes after the news still gets it.
+        self._finished_recently: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._listener: _Listener | None = None
 
     def __repr__(self) -> str:
@@ -740,6 +756,9 @@ class PostgresCheckpointStore:
         if run_id is None:
             await self._news.wait()
             return
+        if run_id in self._finished_recently:  # announced before this caller looked
+            await trio.lowlevel.checkpoint()
+            return
         news = self._run_news.setdefault(run_id, trio.Event())
         try:
             await news.wait()
@@ -749,6 +768,9 @@ class PostgresCheckpointStore:
 
     def _announce(self, payload: str | None) -> None:
         if payload:
+            self._finished_recently[payload] = None
+            while len(self._finished_recently) > _RECENTLY_FINISHED:
+                self._finished_recently.popitem(last=False)
             news = self._run_news.pop(payload, None)
             if news is not None:
                 news.set()

@@ -460,7 +460,10 @@ class Run:
         store: CheckpointStore | None = None,
         run_id: str | None = None,
         start: Event | None = None,
+        journal_seq: int = 0,
     ) -> None:
+        """`journal_seq`: the last record a new durable run's store already has for it (a
+        submitted run a client paused and resumed before any worker started it)."""
         self.workflow = workflow
         # True once `Workflow.start` hands out a handler: then a human can answer requests.
         self.held = False
@@ -511,7 +514,7 @@ class Run:
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
         # A durable run writes each commit to its store before routing its outputs.
-        journal_seq = restored.journal_seq if restored is not None else 0
+        journal_seq = restored.journal_seq if restored is not None else journal_seq
         self._journal = JournalWriter(store, self.run_id, journal_seq) if store else None
         self._journaled_history = 0  # sequence of the last history entry journaled
         self._unjournaled_usage = UsageTotals()

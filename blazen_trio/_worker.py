@@ -184,8 +184,11 @@ class Worker:
                     claimed = []  # the server is away: try again at the next poll
             for lease in claimed:
                 self._claimed += 1
-                self._held[lease.run_id] = _Held(lease, trio.current_time())
-                runs.start_soon(self._drive, self._held[lease.run_id])
+                stale = self._held.get(lease.run_id)
+                if stale is not None:  # its lease ran out (the server was away): claimed anew
+                    self._lose(stale)
+                held = self._held[lease.run_id] = _Held(lease, trio.current_time())
+                runs.start_soon(self._drive, held)
             if free > 0 and len(claimed) == free and not self._stopping.is_set():
                 await trio.lowlevel.checkpoint()
                 continue  # all slots filled: more may be waiting
@@ -240,7 +243,8 @@ class Worker:
                     # lease until it runs out, so a worker that can go on with it gets a turn.
                     release = False
         finally:
-            del self._held[lease.run_id]
+            if self._held.get(lease.run_id) is held:
+                del self._held[lease.run_id]
             self._let_go += 1
             self._claim_wake.set()  # a slot is free
             if release and not held.lost:

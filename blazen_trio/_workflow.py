@@ -596,16 +596,19 @@ class Workflow:
 
     async def _open_stored(self, store: CheckpointStore, run_id: str) -> Run | None:
         """A stored run to go on with: a submitted one starts from the start event in its base's
-        metadata; one with a journal goes on from its last record. None if it is finished."""
+        metadata; one already started goes on from its last record. None if it is finished."""
         snapshot = await store.load(run_id)
         if snapshot is None or snapshot.status in FINISHED:
             return None
         check_workflow_name(snapshot, self.name)
         start = snapshot.metadata.get(SUBMITTED_START_KEY)
-        if snapshot.journal_seq == 0 and start is not None:
+        if start is not None and snapshot.routed_seq == 0 and not snapshot.pending_events:
+            # Not started yet (records so far are only a client's pause and resume).
             encoded = msgspec.convert(start, EncodedEvent)
             event = decode_event(encoded, self._known())
-            return Run(self, store=store, run_id=run_id, start=event)
+            return Run(
+                self, store=store, run_id=run_id, start=event, journal_seq=snapshot.journal_seq
+            )
         return Run(self, restored=self._read(snapshot), store=store)
 
     def _store_for_recovery(self, store: CheckpointStore | None) -> CheckpointStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg
 import psycopg_pool
 import trio
 
@@ -103,4 +104,8 @@ async def finish(ctx: bz.Context, ev: bz.InputResponseEvent) -> bz.StopEvent:
     return bz.StopEvent(result={"squares": squares, "answer": ev.response})
 
 
-workflow = bz.Workflow("pgtest", [fan, work, join, finish])
+# A step's own write fails while the server restarts: it tries again, as real steps would.
+RIDE_THROUGH_RESTARTS = bz.RetryPolicy(
+    max_attempts=50, initial_delay=0.05, max_delay=0.5, retry_on=(psycopg.OperationalError,)
+)
+workflow = bz.Workflow("pgtest", [fan, work, join, finish], retry=RIDE_THROUGH_RESTARTS)

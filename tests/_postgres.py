@@ -67,6 +67,7 @@ class Cluster:
     directory: pathlib.Path | None = None
     pg_ctl: str | None = None
     as_user: list[str] = attrs.Factory(list)
+    options: str = ""
 
     @classmethod
     def start(cls) -> Cluster:
@@ -92,7 +93,11 @@ class Cluster:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
         )
         cluster = cls(
-            f"host=127.0.0.1 port={port} user=postgres dbname=postgres", directory, pg_ctl, as_user
+            f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+            directory,
+            pg_ctl,
+            as_user,
+            options,
         )
         subprocess.run(
             [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "log"),
@@ -114,8 +119,8 @@ class Cluster:
         if down_for:
             subprocess.run(["sleep", str(down_for)], check=True)
         subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-l", str(self.directory / "log"), "-w",
-             "start"],
+            [*self.as_user, self.pg_ctl, "-D", data, "-o", self.options, "-l",
+             str(self.directory / "log"), "-w", "start"],
             check=True, capture_output=True,
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 import trio
@@ -75,3 +76,114 @@ async def test_a_worker_completes_submitted_runs(dsn: str, store: PostgresCheckp
     counted = effects(dsn)
     assert len(counted) == 6 * expected_keys(3)
     assert set(counted.values()) == {1}
+
+
+async def wait_for(predicate: Any, *args: Any, limit: float = 20) -> Any:
+    """Poll `await predicate(*args)` until it is truthy: what it waits for is a row in the
+    database, which no Trio event of this process can announce."""
+    with trio.fail_after(limit):
+        while not (found := await predicate(*args)):  # noqa: ASYNC110  # see the docstring
+            await trio.sleep(0.02)
+    return found
+
+
+async def status_of(store: PostgresCheckpointStore, run_id: str) -> bz.RunStatus:
+    snapshot = await store.load(run_id)
+    assert snapshot is not None
+    return snapshot.status
+
+
+async def test_fencing_refuses_every_write_under_a_lost_lease(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    client = bz.WorkflowClient(store)
+    await client.submit("pgtest", {"dsn": dsn}, run_id="r")
+    [old] = await store.claim("old", ["pgtest"], 1, lease=0.05)
+    assert old.epoch == 1
+    fenced_old = store.fenced(old)
+    await fenced_old.append("r", bz.JournalRecord(seq=1, at=0.0, step="a"))
+
+    async def reclaim() -> list[Any]:
+        return await store.claim("new", ["pgtest"], 1, lease=30)
+
+    [new] = await wait_for(reclaim)  # once the old lease has run out
+    assert (new.run_id, new.epoch) == ("r", 2)
+    record = bz.JournalRecord(seq=2, at=0.0, step="b")
+    with pytest.raises(bz.CheckpointStoreError, match="lease of worker 'old' at epoch 1 was lost"):
+        await fenced_old.append("r", record)
+    snapshot = await store.load("r")
+    assert snapshot is not None
+    with pytest.raises(bz.CheckpointStoreError, match="was lost"):
+        await fenced_old.save(snapshot)
+    child = msgspec.structs.replace(snapshot, run_id="r/step/1.1/0")  # a sub-workflow's run
+    with pytest.raises(bz.CheckpointStoreError, match="was lost"):
+        await fenced_old.save(child)
+    assert await store.load(child.run_id) is None
+    await store.fenced(new).append("r", record)
+    assert [info.seq for info in await store.history("r")] == [1, 2]
+    assert await store.renew([old, new], 30) == {"r"}  # the old holder learns it lost
+
+
+async def test_an_expired_lease_is_reclaimed_by_a_worker(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    """A worker that claimed a run and vanished: the run goes on elsewhere once its lease ends."""
+    client = bz.WorkflowClient(store)
+    await client.submit("pgtest", {"dsn": dsn, "size": 2}, run_id="r")
+    [ghost] = await store.claim("ghost", ["pgtest"], 1, lease=0.5)
+    with trio.fail_after(20):
+        async with bz.open_worker(store, [workflow], lease=LEASE, poll_interval=POLL):
+            assert await status_of(store, "r") is bz.RunStatus.RUNNING
+            await answer_all(client, store, ["r"])
+            assert (await client.result("r")).result == expected(2)
+    with pytest.raises(bz.CheckpointStoreError, match="was lost"):
+        await store.fenced(ghost).append("r", bz.JournalRecord(seq=99, at=0.0))
+
+
+async def test_a_client_pauses_resumes_and_aborts_runs_held_or_not(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    client = bz.WorkflowClient(store)
+    # No worker yet: the store carries the commands out itself.
+    await client.submit("pgtest", {"dsn": dsn, "size": 2}, run_id="idle")
+    await client.pause("idle")
+    assert await client.status("idle") is bz.RunStatus.PAUSED
+    await client.resume("idle")
+    assert await client.status("idle") is bz.RunStatus.RUNNING
+    await client.submit("pgtest", {"dsn": dsn, "size": 2}, run_id="doomed")
+    await client.abort("doomed")
+    with pytest.raises(bz.RunFinished, match="aborted"):
+        await client.result("doomed")
+    with pytest.raises(bz.RunFinished):
+        await client.pause("doomed")
+    with pytest.raises(bz.CheckpointStoreError, match="no run 'nobody'"):
+        await client.pause("nobody")
+
+    slow = {"dsn": dsn, "size": 4, "delay": 0.3}
+    with trio.fail_after(30):
+        async with bz.open_worker(store, [workflow], lease=LEASE, poll_interval=POLL) as worker:
+            await client.submit("pgtest", slow, run_id="held")
+            await client.submit("pgtest", slow, run_id="stopped")
+
+            async def started(run_id: str) -> bool:
+                snapshot = await store.load(run_id)
+                return snapshot is not None and snapshot.journal_seq >= 2  # fan committed
+
+            await wait_for(started, "held")
+            await wait_for(started, "stopped")
+            assert worker.statistics().runs_held >= 2
+            await client.pause("held")  # queued for the worker, which pauses and lets go
+            await client.abort("stopped")
+            with pytest.raises(bz.RunFinished, match="aborted"):
+                await client.result("stopped")
+
+            async def paused_and_let_go() -> bool:
+                return await status_of(store, "held") is bz.RunStatus.PAUSED
+
+            await wait_for(paused_and_let_go)
+            await client.resume("held")
+            await answer_all(client, store, ["idle", "held"])
+            assert (await client.result("held")).result == expected(4)
+            assert (await client.result("idle")).result == expected(2)
+    with pytest.raises(bz.UnknownInputRequest):
+        await client.respond("held", REQUEST_ID, "again")
