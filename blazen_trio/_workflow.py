@@ -8,7 +8,7 @@ import datetime
 import inspect
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, final
 
@@ -291,6 +291,46 @@ def _with_subclasses(types: Iterable[type[Event]]) -> set[type[Event]]:
 _KEPT_WHEN_LEFT = frozenset({RunStatus.PAUSED, RunStatus.WAITING_FOR_INPUT})
 
 
+def _leave_held(run: Run, escaping: BaseException | None, nursery: trio.Nursery) -> None:
+    """Leaving `start`'s block: a durable run paused or waiting for input is kept in its store,
+    to resume or answer later; any other run still going is aborted."""
+    if run.durable and run.status in _KEPT_WHEN_LEFT:
+        run.release()
+    else:
+        run.abort()
+
+
+def _leave_claimed(run: Run, escaping: BaseException | None, nursery: trio.Nursery) -> None:
+    """A worker letting go: a paused run is kept paused; one still going is abandoned (it
+    writes nothing more and stays as its store has it, for the next claim)."""
+    if run.outcome is None and run.status is RunStatus.PAUSED and escaping is None:
+        run.release()
+    elif run.outcome is None:
+        nursery.cancel_scope.cancel(reason="the worker let go of the run")
+
+
+@asynccontextmanager
+async def _driven(
+    run: Run, leave: Callable[[Run, BaseException | None, trio.Nursery], None]
+) -> AsyncIterator[WorkflowHandler]:
+    """A run going on in a nursery of the block, its handler yielded; `leave` decides what
+    leaving the block does to a run still going. Exceptions leave unwrapped, not in groups."""
+    escaping: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run.main)
+            try:
+                run.begin_as_opened()
+                yield WorkflowHandler._create(run)
+            except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+                escaping = exc
+            leave(run, escaping, nursery)
+    except BaseExceptionGroup as group:  # KeyboardInterrupt in a step, say: not a group
+        raise only_exception(group) from None
+    if escaping is not None:
+        raise escaping
+
+
 def _start_event(input: Any) -> Event:
     return input if isinstance(input, Event) else StartEvent(data=input)
 
@@ -493,26 +533,10 @@ class Workflow:
         async with self._hold(run) as handler:
             yield handler
 
-    @asynccontextmanager
-    async def _hold(self, run: Run) -> AsyncIterator[WorkflowHandler]:
+    def _hold(self, run: Run) -> contextlib.AbstractAsyncContextManager[WorkflowHandler]:
+        """`start`'s block: a human holds the run, so it waits for its answers here."""
         run.held = True
-        escaping: BaseException | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run.main)
-                try:
-                    run.begin_as_opened()
-                    yield WorkflowHandler._create(run)
-                except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
-                    escaping = exc
-                if run.durable and run.status in _KEPT_WHEN_LEFT:
-                    run.release()  # kept in its store, to resume or answer later
-                else:
-                    run.abort()
-        except BaseExceptionGroup as group:  # KeyboardInterrupt in a step, say: not a group
-            raise only_exception(group) from None
-        if escaping is not None:
-            raise escaping
+        return _driven(run, _leave_held)
 
     async def recover(
         self, store: CheckpointStore | None = None
@@ -576,23 +600,8 @@ class Workflow:
         if run is None:
             yield None
             return
-        escaping: BaseException | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run.main)
-                try:
-                    run.begin_as_opened()
-                    yield WorkflowHandler._create(run)
-                except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
-                    escaping = exc
-                if run.outcome is None and run.status is RunStatus.PAUSED and escaping is None:
-                    run.release()
-                elif run.outcome is None:
-                    nursery.cancel_scope.cancel(reason="the worker let go of the run")
-        except BaseExceptionGroup as group:
-            raise only_exception(group) from None
-        if escaping is not None:
-            raise escaping
+        async with _driven(run, _leave_claimed) as handler:
+            yield handler
 
     async def _open_stored(self, store: CheckpointStore, run_id: str) -> Run | None:
         """A stored run to go on with: a submitted one starts from the start event in its base's
