@@ -20,7 +20,7 @@ from ._codec import (
     encode_event,
     encode_value,
 )
-from ._errors import SnapshotError
+from ._errors import RunFinished, SnapshotError
 from ._events import DynamicEvent, Event, InputRequestEvent, InputResponseEvent, StopEvent
 from ._records import (
     BufferOp,
@@ -34,6 +34,7 @@ from ._records import (
     StepShape,
     Usage,
     UsageTotals,
+    WorkflowResult,
 )
 from ._refs import DROPPED_REFS_METADATA_KEY, SessionRefRegistry
 from ._state import Changes, RunState
@@ -338,3 +339,38 @@ def _dropped(snapshot: WorkflowSnapshot) -> list[str]:
             f"got {dropped!r}"
         )
     return dropped
+
+
+def stored_result(
+    run_id: str,
+    result: EncodedEvent,
+    known: Mapping[str, type[Event]],
+    usage: UsageTotals | None = None,
+    history: tuple[HistoryEntry, ...] | None = None,
+) -> WorkflowResult:
+    """A finished run's result from its stored StopEvent (a store's run, a memoized child).
+
+    A StopEvent subclass not known here comes back as a plain StopEvent with the same result.
+    """
+    stop = decode_event(result, known)
+    if not isinstance(stop, StopEvent):
+        stop = StopEvent(result=decode_value(result.payload.get("result"), key="result"))
+    totals = usage or UsageTotals()
+    return WorkflowResult(
+        stop.result,
+        stop,
+        run_id,
+        Usage(totals.prompt_tokens, totals.completion_tokens, totals.total_tokens),
+        totals.cost_usd,
+        history,
+    )
+
+
+def stored_outcome(
+    snapshot: WorkflowSnapshot, known: Mapping[str, type[Event]], *, history: bool = False
+) -> WorkflowResult | RunFinished:
+    """What a finished stored run ended with: its result, or `RunFinished` with its error."""
+    if snapshot.status is RunStatus.COMPLETED and snapshot.result is not None:
+        kept = tuple(snapshot.history) if history else None
+        return stored_result(snapshot.run_id, snapshot.result, known, snapshot.usage, kept)
+    return RunFinished(f"run {snapshot.run_id} already ended ({snapshot.status}): {snapshot.error}")

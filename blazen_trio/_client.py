@@ -9,11 +9,12 @@ from typing import Any, final
 import msgspec
 import trio
 
-from ._codec import WorkflowSnapshot, decode_event, decode_value, encode_event, known_event_types
+from ._capture import stored_outcome
+from ._codec import WorkflowSnapshot, encode_event, known_event_types
 from ._errors import CheckpointStoreError, RunFinished
-from ._events import Event, StartEvent, StopEvent
+from ._events import Event, StartEvent
 from ._queue import SUBMITTED_START_KEY, RunQueue, is_run_queue
-from ._records import RunStatus, Usage, UsageTotals, WorkflowResult
+from ._records import RunStatus, UsageTotals, WorkflowResult
 from ._run import new_run_id
 from ._stores import FINISHED, encode_answer
 from ._workflow import Workflow
@@ -123,17 +124,7 @@ class WorkflowClient:
         return snapshot
 
     def _outcome(self, snapshot: WorkflowSnapshot) -> WorkflowResult:
-        if snapshot.status is not RunStatus.COMPLETED or snapshot.result is None:
-            raise RunFinished(f"run {snapshot.run_id} ended ({snapshot.status}): {snapshot.error}")
-        stop = decode_event(snapshot.result, self._known)
-        if not isinstance(stop, StopEvent):  # a StopEvent subclass this client does not know
-            data = snapshot.result.payload.get("result")
-            stop = StopEvent(result=decode_value(data, key="result"))
-        usage = snapshot.usage
-        return WorkflowResult(
-            stop.result,
-            stop,
-            snapshot.run_id,
-            Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
-            usage.cost_usd,
-        )
+        outcome = stored_outcome(snapshot, self._known)
+        if isinstance(outcome, RunFinished):
+            raise outcome
+        return outcome

@@ -26,8 +26,15 @@ import attrs
 import trio
 
 from ._broadcast import Broadcast
-from ._capture import RestoredRun, Work, change_fields, routed_fields, snapshot_of
-from ._codec import WorkflowSnapshot, builtin_event_problem, decode_event, encode_event
+from ._capture import (
+    RestoredRun,
+    Work,
+    change_fields,
+    routed_fields,
+    snapshot_of,
+    stored_result,
+)
+from ._codec import WorkflowSnapshot, builtin_event_problem, encode_event
 from ._context import Context
 from ._control import Command, Pause, Reply, RespondToInput, Resume, TakeSnapshot
 from ._durable import JournalWriter
@@ -38,7 +45,6 @@ from ._errors import (
     RunCrashed,
     RunFinished,
     RunSuspended,
-    SnapshotError,
     StepFailed,
     StepTimeout,
     UnknownInputRequest,
@@ -333,16 +339,6 @@ def _is_definition(value: object) -> TypeGuard[RunDefinition]:
             return False
         _DEFINITIONS.add(cls)
     return True
-
-
-def _memoized(memo: ChildMemo, known: dict[str, type[Event]]) -> WorkflowResult:
-    """A finished child's result, as the run that finished it returned it (its usage was
-    counted then)."""
-    assert memo.result is not None
-    stop = decode_event(memo.result, known)
-    if not isinstance(stop, StopEvent):
-        raise SnapshotError(f"sub-workflow {memo.run_id!r} was kept with a {memo.result.type_id}")
-    return WorkflowResult(stop.result, stop, memo.run_id, Usage(), 0.0)
 
 
 def _child_memos(invocation: Invocation) -> list[ChildMemo]:
@@ -1272,7 +1268,8 @@ class Run:
         if isinstance(memo, WorkflowResult):
             return memo
         if memo is not None and memo.result is not None:
-            return _memoized(memo, workflow._known())
+            # Its usage was counted by the run that finished it: none is added again.
+            return stored_result(memo.run_id, memo.result, workflow._known())
         child = await self._open_child(workflow, input, invocation, index, memo)
         self._record(HistoryKind.CHILD_STARTED, step=invocation.step_name, detail=child.run_id)
         family.children[index] = child

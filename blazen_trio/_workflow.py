@@ -17,7 +17,7 @@ import msgspec
 import trio
 
 from ._broadcast import DEFAULT_REPLAY
-from ._capture import RestoredRun, fingerprint_of, read_snapshot
+from ._capture import RestoredRun, fingerprint_of, read_snapshot, stored_outcome
 from ._checks import is_count, is_optional_duration
 from ._codec import (
     WorkflowSnapshot,
@@ -29,7 +29,6 @@ from ._codec import (
 )
 from ._errors import (
     CheckpointStoreError,
-    RunFinished,
     RunSuspended,
     SnapshotError,
     ValidationError,
@@ -52,7 +51,6 @@ from ._records import (
     PendingEvent,
     RunStatus,
     SessionPausePolicy,
-    Usage,
     UsageTotals,
     WorkflowResult,
 )
@@ -707,7 +705,7 @@ class Workflow:
         if stored.status not in FINISHED:
             return Run(self, restored=self._read(stored), on_commit=on_commit, store=store)
         run = Run(self, run_id=stored.run_id)
-        run.stored_outcome = self._stored_outcome(stored)
+        run.stored_outcome = stored_outcome(stored, self._known(), history=self.history)
         return run
 
     def _read(self, snapshot: WorkflowSnapshot) -> RestoredRun:
@@ -716,22 +714,6 @@ class Workflow:
 
     def _known(self) -> dict[str, type[Event]]:
         return known_event_types(_with_subclasses(self._declared))
-
-    def _stored_outcome(self, stored: WorkflowSnapshot) -> WorkflowResult | WorkflowError:
-        """What a finished stored run ended with."""
-        if stored.status is RunStatus.COMPLETED and stored.result is not None:
-            stop = decode_event(stored.result, self._known())
-            assert isinstance(stop, StopEvent)
-            usage = stored.usage
-            return WorkflowResult(
-                stop.result,
-                stop,
-                stored.run_id,
-                Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
-                usage.cost_usd,
-                tuple(stored.history) if self.history else None,
-            )
-        return RunFinished(f"run {stored.run_id} already ended ({stored.status}): {stored.error}")
 
     # -- the graph -----------------------------------------------------------------------
 
