@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from hypothesis import HealthCheck, settings
 
-# The PostgreSQL server fixtures (`postgres_cluster`, `postgres_dsn`): tests/_postgres.py.
-pytest_plugins = ["_postgres"]
+# The PostgreSQL server fixtures (`postgres_cluster`, `postgres_dsn`): tests/_postgres.py;
+# the worker tests' `dsn` and `store`: tests/_pg_fixtures.py (it needs the postgres extra).
+pytest_plugins = ["_postgres", *(["_pg_fixtures"] if importlib.util.find_spec("psycopg") else [])]
 
 settings.register_profile(
     "ci",

@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 import trio
-from _pg_workflow import EFFECTS_TABLE, REQUEST_ID, close_pools, expected, expected_keys, workflow
+from _pg_fixtures import LEASE, POLL, effects
+from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 from _postgres import Cluster
 
 import blazen_trio as bz
@@ -28,23 +29,6 @@ from blazen_trio.postgres import PostgresCheckpointStore
 
 TESTS = pathlib.Path(__file__).parent
 FINISHED = {bz.RunStatus.COMPLETED, bz.RunStatus.FAILED, bz.RunStatus.ABORTED}
-LEASE, POLL = 1.0, 0.2
-
-
-@pytest.fixture
-def dsn(postgres_dsn: str) -> Iterator[str]:
-    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-        connection.execute(EFFECTS_TABLE)
-    try:
-        yield postgres_dsn
-    finally:
-        close_pools()
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresCheckpointStore]:
-    async with PostgresCheckpointStore(dsn) as store:
-        yield store
 
 
 STARTED: list[trio.Process] = []
@@ -124,11 +108,6 @@ async def answer_and_wait(store: PostgresCheckpointStore, run_ids: list[str]) ->
         if all(infos[run_id] in FINISHED for run_id in run_ids):
             return
         await trio.sleep(0.05)
-
-
-def effects(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn) as connection:
-        return dict(connection.execute("SELECT key, executions FROM effects").fetchall())
 
 
 async def check_every_run(

@@ -7,41 +7,16 @@ worker, and the old holder's writes are refused (fencing).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
-import psycopg
 import pytest
 import trio
-from _pg_workflow import EFFECTS_TABLE, REQUEST_ID, close_pools, expected, expected_keys, workflow
+from _pg_fixtures import LEASE, POLL, effects
+from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 
 import blazen_trio as bz
 from blazen_trio.postgres import PostgresCheckpointStore
-
-LEASE, POLL = 1.0, 0.2
-
-
-@pytest.fixture
-def dsn(postgres_dsn: str) -> Iterator[str]:
-    """A schema of the test's own, with the effects table the workflow's steps write."""
-    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-        connection.execute(EFFECTS_TABLE)
-    try:
-        yield postgres_dsn
-    finally:
-        close_pools()
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresCheckpointStore]:
-    async with PostgresCheckpointStore(dsn) as store:
-        yield store
-
-
-def effects(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn) as connection:
-        return dict(connection.execute("SELECT key, executions FROM effects").fetchall())
 
 
 async def answer_all(client: bz.WorkflowClient, store: Any, run_ids: list[str]) -> None:

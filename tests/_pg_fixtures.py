@@ -1,0 +1,36 @@
+"""Fixtures and helpers shared by the worker tests (a pytest plugin: see conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+from _pg_workflow import EFFECTS_TABLE, close_pools
+
+from blazen_trio.postgres import PostgresCheckpointStore
+
+LEASE, POLL = 1.0, 0.2
+
+
+@pytest.fixture
+def dsn(postgres_dsn: str) -> Iterator[str]:
+    """A schema of the test's own, with the effects table the workflow's steps write."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(EFFECTS_TABLE)
+    try:
+        yield postgres_dsn
+    finally:
+        close_pools()
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresCheckpointStore]:
+    async with PostgresCheckpointStore(dsn) as store:
+        yield store
+
+
+def effects(dsn: str) -> dict[str, int]:
+    """How many times each step execution (by idempotency key) had its effect."""
+    with psycopg.connect(dsn) as connection:
+        return dict(connection.execute("SELECT key, executions FROM effects").fetchall())
