@@ -406,6 +406,7 @@ class Run:
         "_answering",
         "_end_notes",
         "_ended",
+        "_hosting",
         "_inbox_backlog",
         "_inbox_send",
         "_journal",
@@ -506,6 +507,7 @@ class Run:
         self._end_notes: list[str] = []
         self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
+        self._hosting = False  # the run's own task is working on an invocation (see drive)
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
@@ -586,12 +588,14 @@ class Run:
 
     # -- the run's task ------------------------------------------------------------------
 
-    async def drive(self, first_work: Callable[[], object]) -> None:
+    async def drive(self, opening: Callable[[], Sequence[Invocation]]) -> None:
         """Run in this task until the first StopEvent, a failure, the timeout or cancellation.
 
-        `first_work` is called once the run's nursery is open (it routes the start event,
-        restarts restored work, or tells `nursery.start` that the run is ready). Whatever
-        escapes the nursery besides cancellation becomes the run's `RunCrashed`.
+        `opening` is called once the run's nursery is open (it routes the start event,
+        restarts restored work, or tells `nursery.start` that the run is ready). This task
+        works on the first invocation it hands back itself, as a worker would: a run whose
+        steps form a chain spawns no task. Whatever escapes the nursery besides cancellation
+        becomes the run's `RunCrashed`.
         """
         try:
             # The nursery's own cancel scope is the run's: the workflow timeout is its
@@ -601,7 +605,12 @@ class Run:
                 self.clock.start(nursery.cancel_scope)
                 if self._journal is not None:
                     nursery.start_soon(self._journal.serve)
-                first_work()
+                ready = opening()
+                if ready:
+                    self.spawn(ready[1:])
+                    self._hosting = True
+                    await self._work(ready[0])
+                    self._hosting = False
                 await self._ended.wait()
         except BaseException as escaped:
             crash, rest = _split_crash(escaped)
@@ -620,13 +629,25 @@ class Run:
     async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
         """`drive`, as a task of the starter's nursery (for `Workflow.start`).
 
-        Nothing is routed until `begin` or `restart`, so the starter can subscribe first.
+        Nothing is routed until `begin_as_opened`, so the starter can subscribe first.
         """
-        await self.drive(task_status.started)
+
+        def started() -> Sequence[Invocation]:
+            task_status.started()
+            return ()
+
+        await self.drive(started)
 
     def begin_as_opened(self) -> None:
-        """Start the run's work: route the start event, go on with restored work, or end with
-        a stored outcome. Its steps run at the starter's next checkpoint."""
+        """Start the run's work (`opening_work`); its steps run at the starter's next
+        checkpoint."""
+        self.spawn(self.opening_work())
+
+    def opening_work(self) -> list[Invocation]:
+        """Route the start event, go on with restored work, or end with a stored outcome.
+
+        Returns the invocations ready now and not yet started, for the caller to start.
+        """
         if self.stored_outcome is not None:
             self._finish_stored(self.stored_outcome)
         elif self.restored:
@@ -634,7 +655,8 @@ class Run:
         else:
             assert self._start is not None
             self._record(HistoryKind.RUN_STARTED)
-            self._route_new([self._start], None)
+            return self._route_new([self._start], None)
+        return []
 
     def _finish_stored(self, outcome: WorkflowResult | WorkflowError) -> None:
         if isinstance(outcome, WorkflowResult):
@@ -652,19 +674,21 @@ class Run:
             self._check_answerable(request_id)
         answers, self._stored_responses = self._stored_responses, []
         if answers:  # recorded by `store.respond` while no process held the run
-            self._route_new(answers, HUMAN_INPUT, responses_routed=True)
+            self.spawn(self._route_new(answers, HUMAN_INPUT, responses_routed=True))
         self.restart()
 
-    def _route_new(self, events: Sequence[Event], source: str | None, **fields: Any) -> None:
-        """Route events that no step committed (the start event, answers): a durable run
-        journals them first, in a task of its own."""
+    def _route_new(
+        self, events: Sequence[Event], source: str | None, **fields: Any
+    ) -> list[Invocation]:
+        """Route events that no step committed (the start event, answers), returning the
+        invocations ready now; a durable run journals them first, in a task of its own."""
         envelopes = self._envelopes(events, source)
         if self._journal is None:
-            self.spawn(self._route(envelopes))
-        else:
-            assert self._nursery is not None
-            self._journaling += 1  # work on its way: the run is not idle
-            self._nursery.start_soon(self._route_durably, self._journal, envelopes, fields)
+            return self._route(envelopes)
+        assert self._nursery is not None
+        self._journaling += 1  # work on its way: the run is not idle
+        self._nursery.start_soon(self._route_durably, self._journal, envelopes, fields)
+        return []
 
     async def _route_durably(
         self, journal: JournalWriter, envelopes: list[Envelope], fields: dict[str, Any]
@@ -1329,10 +1353,11 @@ class Run:
         child._refs = self.refs  # one registry for the whole tree of runs
         return child
 
-    def _begin_child(self, child: Run) -> None:
-        child.begin_as_opened()
+    def _begin_child(self, child: Run) -> list[Invocation]:
+        ready = child.opening_work()
         if self._paused:  # started by a step that was draining: it waits paused too
             self._pause_child(child, cancel_in_flight=False)
+        return ready
 
     def _pause_child(self, child: Run, cancel_in_flight: bool) -> None:
         if child.outcome is not None:
@@ -1557,7 +1582,11 @@ class Run:
             return
         current = trio.lowlevel.current_task()
         # The inbox task waits on its channel until cancelled.
-        if self._inbox_send is not None or any(t is not current for t in nursery.child_tasks):
+        if (
+            self._inbox_send is not None
+            or any(t is not current for t in nursery.child_tasks)
+            or (self._hosting and current is not nursery.parent_task)
+        ):
             nursery.cancel_scope.cancel(reason=reason)
 
     def _record_end(self, outcome: StopEvent | WorkflowError, status: RunStatus) -> None:

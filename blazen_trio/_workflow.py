@@ -509,7 +509,7 @@ class Workflow:
         `store.respond(...)` and continue it with `recover`.
         """
         run = await self._open(input, resume, run_id, fork, on_commit, self.checkpoint_store)
-        await run.drive(lambda: run.begin_as_opened())
+        await run.drive(run.opening_work)
         return run.unwrap()
 
     @asynccontextmanager
@@ -557,7 +557,7 @@ class Workflow:
                 return
             try:
                 run = await self._open(None, snapshot, None, False, None, durable)
-                await run.drive(lambda: run.begin_as_opened())
+                await run.drive(run.opening_work)
                 outcomes[snapshot.run_id] = run.unwrap()
             except WorkflowError as error:
                 outcomes[snapshot.run_id] = error

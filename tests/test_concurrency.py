@@ -203,3 +203,30 @@ async def test_a_thousand_concurrent_runs_each_get_their_own_result() -> None:
     assert sorted(results) == list(range(1000))
     assert all(results[n][:2] == (n, n * 3 + 1) for n in range(1000))
     assert len({run_id for _, _, run_id in results.values()}) == 1000
+
+
+@pytest.mark.parametrize("blocking_first", [True, False])
+async def test_a_stop_from_one_start_step_cancels_the_other_wherever_it_runs(
+    blocking_first: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The run's own task works on the first ready invocation; a StopEvent from a worker
+    task must still cancel it (and the other way round)."""
+    cancelled = trio.Event()
+
+    @bz.step
+    async def blocks(ev: bz.StartEvent) -> bz.StopEvent:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    @bz.step
+    async def stops(ev: bz.StartEvent) -> bz.StopEvent:
+        await trio.sleep(1)
+        return bz.StopEvent(result="stopped")
+
+    steps = [blocks, stops] if blocking_first else [stops, blocks]
+    with trio.fail_after(60):
+        result = await bz.Workflow("two-starts", steps).run()
+    assert result.result == "stopped"
+    assert cancelled.is_set()

@@ -133,7 +133,8 @@ async def test_abort_leaves_no_task_of_any_child(autojump_clock: trio.testing.Mo
     me = trio.lowlevel.current_task()
     async with parent(Counter()).start(5) as handler:
         await trio.sleep(7)  # `many` runs two children
-        assert len(_tasks(me)) > 6  # the run, its workers, the children and their workers
+        # The run, its worker, and a task per child (each child works in its own task).
+        assert len(_tasks(me)) >= 5
         await handler.abort()
         assert _tasks(me) == [me]  # every task of the run and of its children has exited
         with pytest.raises(bz.WorkflowAborted):
