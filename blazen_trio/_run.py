@@ -23,6 +23,7 @@ from operator import attrgetter
 from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import attrs
+import outcome
 import trio
 
 from ._broadcast import Broadcast
@@ -181,6 +182,9 @@ class Family:
     children: dict[int, Run] = attrs.Factory(dict)
     memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
 
+
+IDLE_WORKERS: Final = 16
+"""Workers a run keeps idle for the next invocations; more than that exit when done."""
 
 _NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
 
@@ -407,6 +411,7 @@ class Run:
         "_end_notes",
         "_ended",
         "_hosting",
+        "_idle",
         "_inbox_backlog",
         "_inbox_send",
         "_journal",
@@ -508,6 +513,7 @@ class Run:
         self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
         self._hosting = False  # the run's own task is working on an invocation (see drive)
+        self._idle: list[trio.lowlevel.Task] = []  # workers waiting for an invocation
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
@@ -841,16 +847,22 @@ class Run:
         return await command.reply.wait()
 
     def spawn(self, ready: Sequence[Invocation]) -> None:
+        """Start invocations: each goes to an idle worker, or to a new one."""
         assert self._nursery is not None
         for invocation in ready:
-            self._nursery.start_soon(self._work, invocation)
+            if self._idle:
+                trio.lowlevel.reschedule(self._idle.pop(), outcome.Value(invocation))
+            else:
+                self._nursery.start_soon(self._work, invocation)
 
     async def _work(self, invocation: Invocation) -> None:
-        """A worker: runs an invocation, then whatever work its commit handed back.
+        """A worker: runs an invocation, then whatever work its commit handed back, then
+        waits idle for more (a few workers stay idle, the rest exit), so the items of a
+        bounded step reuse a pool of workers instead of a task each.
 
         The worker's cancel scope is the handle `pause(cancel_in_flight=True)` cancels: it
         holds one uncommitted invocation at a time (commits are synchronous), which goes back
-        to its queue; a paused run gives the worker nothing more to do.
+        to its queue; the worker then exits.
         """
         current: Invocation | None = invocation
         with trio.CancelScope() as scope:
@@ -861,15 +873,28 @@ class Run:
                 if self._paused:  # dispatched before the pause but not started: it waits
                     self._requeue(current)
                     return
-                following = await self._attempts(current)
-                current = following
-                if following is not None:
-                    following.scope = scope  # reachable by a pause during the checkpoint
+                current = await self._attempts(current)
+                if current is not None:
+                    current.scope = scope  # reachable by a pause during the checkpoint
                     # Fairness: a chain of steps that never await must not starve the others.
                     await trio.lowlevel.checkpoint()
+                elif self.outcome is None and len(self._idle) < IDLE_WORKERS:
+                    current = await self._next_invocation()
         if scope.cancelled_caught and current is not None:
             self._record(HistoryKind.STEP_CANCELLED, step=current.slot.spec.name, detail="pause")
             self._requeue(current)
+
+    async def _next_invocation(self) -> Invocation:
+        """Wait, idle, until `spawn` hands this worker an invocation (or the run ends)."""
+        task = trio.lowlevel.current_task()
+        self._idle.append(task)
+
+        def leave(_: Any) -> trio.lowlevel.Abort:
+            self._idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        invocation: Invocation = await trio.lowlevel.wait_task_rescheduled(leave)
+        return invocation
 
     # -- one invocation ------------------------------------------------------------------
 
@@ -1015,9 +1040,10 @@ class Run:
                     invocation.delivery,
                 )
             )
-        ready = self._route(envelopes)
-        if invocation.slot.limiter is not None:
-            ready.extend(self._release(invocation))
+        routed = self._route(envelopes)
+        # The step's next queued item first: this worker goes on with it (a pool of workers).
+        ready = self._release(invocation)
+        ready.extend(routed)
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready

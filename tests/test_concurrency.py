@@ -11,6 +11,7 @@ import trio.lowlevel
 import trio.testing
 
 import blazen_trio as bz
+from blazen_trio._run import IDLE_WORKERS
 
 
 class Item(bz.Event):
@@ -230,3 +231,101 @@ async def test_a_stop_from_one_start_step_cancels_the_other_wherever_it_runs(
         result = await bz.Workflow("two-starts", steps).run()
     assert result.result == "stopped"
     assert cancelled.is_set()
+
+
+async def test_a_bounded_steps_items_reuse_a_pool_of_workers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """100 items at max_concurrency=4 are worked by a few tasks, not a task each."""
+    items, workers = 100, set()
+
+    @bz.step
+    async def fan_out(ev: bz.StartEvent) -> list[Item]:
+        return [Item(index=i) for i in range(items)]
+
+    @bz.step(max_concurrency=4)
+    async def work(ev: Item) -> Done:
+        workers.add(trio.lowlevel.current_task())
+        await trio.sleep(1)
+        return Done(index=ev.index)
+
+    result = await bz.Workflow("pool", [fan_out, work, collect_all(items)]).run()
+    assert result.result == list(range(items))
+    assert len(workers) <= 5  # the four at work, and one that also fanned in
+
+
+async def test_at_most_a_few_workers_stay_idle(autojump_clock: trio.testing.MockClock) -> None:
+    """After 100 parallel invocations end, the run keeps only IDLE_WORKERS of their tasks."""
+    items = 100
+    last = trio.Event()
+    tasks_left: list[int] = []
+
+    @bz.step
+    async def fan_out(ev: bz.StartEvent) -> list[Item | Other]:
+        return [*(Item(index=i) for i in range(items)), Other(index=0)]
+
+    @bz.step
+    async def work(ev: Item) -> Done:
+        await trio.sleep(1)
+        return Done(index=ev.index)
+
+    @bz.step
+    async def count_tasks(ev: Done) -> Value | None:
+        return Value(value=0) if ev.index == items - 1 else None
+
+    @bz.step
+    async def watch(ev: Value) -> None:
+        last.set()
+
+    @bz.step
+    async def stop_later(ev: Other) -> bz.StopEvent:
+        await last.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery = trio.lowlevel.current_task().parent_nursery
+        assert nursery is not None
+        tasks_left.append(len(nursery.child_tasks))
+        return bz.StopEvent()
+
+    steps = [fan_out, work, count_tasks, watch, stop_later]
+    await bz.Workflow("idle", steps).run()
+    # This step's own task and the idle workers (the run's own task may be one of them).
+    assert len(tasks_left) == 1
+    assert IDLE_WORKERS <= tasks_left[0] <= IDLE_WORKERS + 1
+
+
+async def test_idle_workers_take_the_next_wave_of_work(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A second wave of parallel invocations runs on the tasks the first wave left idle."""
+    first_wave: set[trio.lowlevel.Task] = set()
+    second_wave: set[trio.lowlevel.Task] = set()
+
+    @bz.step
+    async def fan_out(ev: bz.StartEvent) -> list[Item]:
+        return [Item(index=i) for i in range(8)]
+
+    @bz.step
+    async def work(ev: Item) -> Done:
+        first_wave.add(trio.lowlevel.current_task())
+        await trio.sleep(1)
+        return Done(index=ev.index)
+
+    @bz.step
+    async def fan_again(ctx: bz.Context, ev: Done) -> list[Value] | None:
+        if ctx.collect_events(ev, [Done] * 8) is None:
+            return None
+        return [Value(value=i) for i in range(8)]
+
+    @bz.step
+    async def again(ev: Value) -> Other:
+        second_wave.add(trio.lowlevel.current_task())
+        await trio.sleep(1)
+        return Other(index=ev.value)
+
+    @bz.step
+    async def finish(ctx: bz.Context, ev: Other) -> bz.StopEvent | None:
+        return None if ctx.collect_events(ev, [Other] * 8) is None else bz.StopEvent()
+
+    await bz.Workflow("waves", [fan_out, work, fan_again, again, finish]).run()
+    assert len(second_wave) == 8
+    assert second_wave <= first_wave
