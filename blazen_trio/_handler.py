@@ -92,7 +92,7 @@ class WorkflowHandler(metaclass=NoPublicConstructor):
         return RunStatistics(
             status=run.status,
             steps_in_flight=len(run.in_flight),
-            invocations_queued=sum(len(s.queue) + len(s.returned) for s in run.slots),
+            invocations_queued=sum(len(s.waiting()) for s in run.slots),
             input_requests_outstanding=len(run.input_requests),
             commits=run.commits,
             active_time=run.clock.used,

@@ -16,7 +16,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
@@ -164,13 +163,22 @@ class StepSlot:
     retry: RetryPolicy | None
     limiter: trio.CapacityLimiter | None
     queue: deque[Invocation] = attrs.Factory(deque)
-    returned: list[Invocation] = attrs.Factory(list)
+    returned: list[Invocation] | None = None  # made by the first one put back (most never)
+
+    def put_back(self, invocation: Invocation) -> None:
+        if self.returned is None:
+            self.returned = []
+        self.returned.append(invocation)
 
     def merge_returned(self) -> None:
         if self.returned:
             self.returned.sort(key=_seq_of)
             self.queue = deque(heapq.merge(self.returned, self.queue, key=_seq_of))
-            self.returned.clear()
+        self.returned = None
+
+    def waiting(self) -> list[Invocation]:
+        """Its invocations not started: queued, or put back by a pause."""
+        return [*self.queue, *(self.returned or ())]
 
 
 @attrs.define(eq=False, slots=True)
@@ -396,9 +404,19 @@ _run_ids = random.Random()
 os.register_at_fork(after_in_child=_run_ids.seed)
 
 
+# The version (4) and variant (RFC 4122) bits of a UUID 4, and the mask that clears them.
+_UUID4_BITS: Final = 0x0000_0000_0000_4000_8000_0000_0000_0000
+_UUID4_MASK: Final = 0xFFFF_FFFF_FFFF_0FFF_3FFF_FFFF_FFFF_FFFF
+
+
 def new_run_id() -> str:
-    """A fresh random run id (a UUID 4)."""
-    return str(uuid.UUID(int=_run_ids.getrandbits(128), version=4))
+    """A fresh random run id: a UUID 4 in its canonical form.
+
+    Formatted here rather than by `uuid.UUID`, whose checks cost more than the rest of a
+    short run's set-up (7 us against 0.6 us).
+    """
+    digits = f"{_run_ids.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class Run:
@@ -409,7 +427,6 @@ class Run:
         "_abandoned",
         "_answering",
         "_end_notes",
-        "_ended",
         "_hosting",
         "_idle",
         "_inbox_backlog",
@@ -484,7 +501,6 @@ class Run:
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
         self.finished = trio.Event()  # set once every task of the run has exited
-        self._ended = trio.Event()  # set when the outcome is known
         self.broadcast = Broadcast(workflow.stream_replay)
         self.history = History(workflow.history_limit) if workflow.history else None
         # Outstanding input requests by id, in the order they were made.
@@ -509,7 +525,7 @@ class Run:
         self._pause_replies: list[Reply[None]] = []
         self._answering: dict[str, trio.CancelScope] = {}
         # What steps' cleanup raised while the run's end cancelled them: notes on its error.
-        self._end_notes: list[str] = []
+        self._end_notes: tuple[str, ...] = ()
         self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
         self._hosting = False  # the run's own task is working on an invocation (see drive)
@@ -523,7 +539,7 @@ class Run:
         self._journaled_history = 0  # sequence of the last history entry journaled
         self._unjournaled_usage = UsageTotals()
         self._abandoned = False  # cancelled from outside: the store keeps it running
-        self._stored_responses: list[InputResponseEvent] = []
+        self._stored_responses: Sequence[InputResponseEvent] = ()
         self._journaling = 0  # durable routes waiting for their record
         if restored is not None:
             self._load(restored)
@@ -536,7 +552,7 @@ class Run:
         if self.history is not None:
             self.history = History.restore(restored.history, self.workflow.history_limit)
         self._journaled_history = restored.history[-1].sequence if restored.history else 0
-        self._stored_responses = list(restored.responses)
+        self._stored_responses = tuple(restored.responses)
         self._refs = restored.refs
         slots = {slot.spec.name: slot for slot in self.slots}
         # Deliveries keep their routing order (a journal names them by it); snapshots that
@@ -617,7 +633,8 @@ class Run:
                     self._hosting = True
                     await self._work(ready[0])
                     self._hosting = False
-                await self._ended.wait()
+                if self.outcome is None:  # else the nursery's exit is this call's checkpoint
+                    await self.wait_for_status(frozenset())  # no status: only the end wakes it
         except BaseException as escaped:
             crash, rest = _split_crash(escaped)
             if crash is not None:
@@ -668,7 +685,6 @@ class Run:
         if isinstance(outcome, WorkflowResult):
             self.outcome = outcome
             self.status = RunStatus.COMPLETED
-            self._ended.set()
             self.broadcast.close()
         else:
             self._finish(outcome, RunStatus.FAILED)
@@ -678,7 +694,7 @@ class Run:
         self._record(HistoryKind.RUN_STARTED if self._start else HistoryKind.RUN_RESUMED)
         for request_id in self.input_requests:
             self._check_answerable(request_id)
-        answers, self._stored_responses = self._stored_responses, []
+        answers, self._stored_responses = self._stored_responses, ()
         if answers:  # recorded by `store.respond` while no process held the run
             self.spawn(self._route_new(answers, HUMAN_INPUT, responses_routed=True))
         self.restart()
@@ -983,7 +999,7 @@ class Run:
         text = f"{where!r} raised while being cancelled: {_describe(error)}"
         assert self._nursery is not None
         if self._nursery.cancel_scope.cancel_called:  # the run is ending (abort, timeout)
-            self._end_notes.append(text)
+            self._end_notes += (text,)
         self._record(HistoryKind.STEP_CANCELLED, step=where, detail=text)
         await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
 
@@ -1145,7 +1161,7 @@ class Run:
         slot = invocation.slot
         if slot.limiter is not None:
             slot.limiter.release_on_behalf_of(invocation)
-        slot.returned.append(invocation)
+        slot.put_back(invocation)
         self._queued += 1
         # A resume may have come while the cancelled step was unwinding: start it again.
         self.spawn(self._start_queued(slot))
@@ -1589,13 +1605,13 @@ class Run:
             self.outcome = outcome
         self.status = status
         self._announce_status()  # the run ended, even if its status did not change
-        self._ended.set()
         self._cancel_the_rest(f"the run ended ({status})")
         self.broadcast.close()
-        ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
-        for reply in self._pause_replies:
-            reply.fail(ended)
-        self._pause_replies.clear()
+        if self._pause_replies:
+            ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
+            for reply in self._pause_replies:
+                reply.fail(ended)
+            self._pause_replies.clear()
 
     def _cancel_the_rest(self, reason: str) -> None:
         """Cancel the run's tasks, if any besides the caller is left.
@@ -1641,5 +1657,5 @@ class Run:
 
     def pending(self) -> list[Invocation]:
         """Every invocation not yet committed (queued or in flight), in commit order."""
-        waiting = [inv for slot in self.slots for inv in (*slot.queue, *slot.returned)]
+        waiting = [inv for slot in self.slots for inv in slot.waiting()]
         return sorted([*waiting, *self.in_flight], key=_seq_of)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -110,6 +111,11 @@ def test_status_names() -> None:
     ]
 
 
+@bz.step
+async def stop_at_once(ev: bz.StartEvent) -> bz.StopEvent:
+    return bz.StopEvent()
+
+
 async def test_run_ids_are_distinct_per_run() -> None:
     gate = trio.Event()
     gate.set()
@@ -117,6 +123,16 @@ async def test_run_ids_are_distinct_per_run() -> None:
     first = await wf.run()
     second = await wf.run()
     assert first.run_id != second.run_id
+
+
+async def test_run_ids_are_canonical_uuid4_strings() -> None:
+    wf = bz.Workflow("ids", [stop_at_once])
+    ids = [(await wf.run()).run_id for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == run_id  # lower-case hex, dashes where a UUID has them
 
 
 async def test_many_awaiters_get_the_same_result() -> None:
