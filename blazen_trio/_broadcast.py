@@ -62,7 +62,9 @@ class Broadcast:
         self._subscribers: dict[int, weakref.ref[EventStream]] = {}
         self._capacity = replay
         self._stale_capacity = False
-        self._new_events: trio.lowlevel.ParkingLot | None = None  # made by the first waiter
+        # Set at the next publish; made by the first reader that waits, dropped once set, so
+        # a publish nobody waits for checks one attribute.
+        self._new_events: trio.Event | None = None
         self.closed = False
 
     def publish(self, event: Event) -> None:
@@ -75,14 +77,18 @@ class Broadcast:
             self._resize()
         elif len(self._ring) > self._capacity:
             self._trim()
-        if self._new_events:
-            self._new_events.unpark_all()
+        if self._new_events is not None:
+            self._wake_readers(self._new_events)
 
     def close(self) -> None:
         """The run ended: subscribers drain what they hold, then their iteration ends."""
         self.closed = True
         if self._new_events is not None:
-            self._new_events.unpark_all()
+            self._wake_readers(self._new_events)
+
+    def _wake_readers(self, new_events: trio.Event) -> None:
+        self._new_events = None
+        new_events.set()
 
     def subscribe(self, buffer: int, replay: bool) -> EventStream:
         if not is_count(buffer, 1):
@@ -126,13 +132,9 @@ class Broadcast:
         if excess > 0:
             self._first_seq += excess
 
-    def read(self, stream: EventStream) -> Event | None:
-        """The subscriber's next event (or its StreamLagged notice); None if it is caught up."""
-        seq = stream.next_seq
-        if self._first_seq <= seq <= self._last_seq and self._last_seq - seq < stream.buffer:
-            stream.last_sequence = seq  # the usual case: the next event is there, not behind
-            stream.next_seq = seq + 1
-            return self._ring[seq]
+    def read_unusual(self, stream: EventStream) -> Event | None:
+        """The subscriber's next read when `__anext__`'s fast path does not apply: its
+        StreamLagged notice if it fell behind, None if it is caught up."""
         oldest_allowed = max(self._first_seq, self._last_seq - stream.buffer + 1)
         if stream.next_seq < oldest_allowed:
             missed = oldest_allowed - stream.next_seq
@@ -148,8 +150,8 @@ class Broadcast:
 
     async def wait_for_events(self) -> None:
         if self._new_events is None:
-            self._new_events = trio.lowlevel.ParkingLot()
-        await self._new_events.park()
+            self._new_events = trio.Event()
+        await self._new_events.wait()
 
 
 @final
@@ -181,7 +183,14 @@ class EventStream(metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint_if_cancelled()
         broadcast = self._broadcast
         while not self._closed:
-            event = broadcast.read(self)
+            seq, last = self.next_seq, broadcast._last_seq
+            # The usual case, inline: the next event is kept and this reader is not behind.
+            if broadcast._first_seq <= seq <= last and last - seq < self.buffer:
+                self.last_sequence = seq
+                self.next_seq = seq + 1
+                event: Event | None = broadcast._ring[seq]
+            else:
+                event = broadcast.read_unusual(self)
             if event is not None:
                 self._reads_since_yield += 1
                 if self._reads_since_yield >= YIELD_EVERY:
