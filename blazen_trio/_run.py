@@ -1056,10 +1056,12 @@ class Run:
                     invocation.delivery,
                 )
             )
-        routed = self._route(envelopes)
-        # The step's next queued item first: this worker goes on with it (a pool of workers).
-        ready = self._release(invocation)
-        ready.extend(routed)
+        ready = self._route(envelopes)
+        slot = invocation.slot
+        if slot.limiter is not None:
+            slot.limiter.release_on_behalf_of(invocation)
+            # The step's next queued item first: this worker goes on with it (a worker pool).
+            ready[:0] = self._start_queued(slot)
         if not self.in_flight and not ready:
             self._went_quiet()
         return ready
@@ -1119,13 +1121,6 @@ class Run:
         slot.queue.append(invocation)
         self._queued += 1
         return False
-
-    def _release(self, invocation: Invocation) -> list[Invocation]:
-        slot = invocation.slot
-        if slot.limiter is None:
-            return []
-        slot.limiter.release_on_behalf_of(invocation)
-        return self._start_queued(slot)
 
     def _start_queued(self, slot: StepSlot) -> list[Invocation]:
         """Take invocations off a step's queue while the step has room."""
