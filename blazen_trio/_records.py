@@ -200,7 +200,7 @@ class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaul
 
 
 @final
-class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """An event routed but not yet handled: it is delivered on resume.
 
     `target_step` is set when the event is owed to one step only (say, the input of an

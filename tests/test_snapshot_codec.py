@@ -163,6 +163,22 @@ def test_the_sample_round_trips_and_its_contents_decode() -> None:
         assert event == StartEvent(data={"name": "Ada", "tags": ("x", "y")})
 
 
+def test_pending_events_leave_out_their_default_fields() -> None:
+    """Most pending events are first attempts with no sub-workflows: those fields cost a
+    snapshot nothing, and read back as their defaults."""
+    event = EncodedEvent(type_id="blazen.StartEvent", payload={})
+    pending = [PendingEvent(event=event, seq=1), PendingEvent(event=event, seq=2, attempt=3)]
+    snapshot = msgspec.structs.replace(SAMPLE, pending_events=pending)
+    raw = msgspec.json.decode(snapshot.to_json())["snapshot"]["pending_events"]
+    assert raw[0] == {"event": {"type_id": "blazen.StartEvent", "payload": {}}, "seq": 1}
+    assert raw[1]["attempt"] == 3
+    for back in (
+        WorkflowSnapshot.from_bytes(snapshot.to_bytes()),
+        WorkflowSnapshot.from_json(snapshot.to_json()),
+    ):
+        assert [(item.attempt, item.children) for item in back.pending_events] == [(1, []), (3, [])]
+
+
 def test_deeply_nested_state_still_round_trips() -> None:
     deep: Any = "leaf"
     for _ in range(100):
