@@ -3,7 +3,9 @@
 Events are routed when the step that emitted them completes. A step invocation runs in a
 worker task whose cancel scope holds one uncommitted invocation at a time; when its commit
 yields new work and no command is waiting in the inbox, the same worker carries on with it (a
-chain of steps costs no task spawn per step). The inbox, a memory channel, carries control
+chain of steps costs no task spawn per step). The run's own task is its first worker, and a
+worker left with nothing to do waits idle for the next invocation (a few at most), so a
+bounded step's items reuse a pool of workers. The inbox, a memory channel, carries control
 commands (data, interpreted here) and the commits queued behind them, so the run sees one
 total order of commits and commands. See docs/architecture.md.
 """
@@ -528,7 +530,7 @@ class Run:
         self._end_notes: tuple[str, ...] = ()
         self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
-        self._hosting = False  # the run's own task is working on an invocation (see drive)
+        self._hosting = False  # the run's own task is one of its workers (see drive)
         self._idle: list[trio.lowlevel.Task] = []  # workers waiting for an invocation
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
