@@ -39,19 +39,16 @@ class StepSpec:
     retry: RetryPolicy | None
     # Where the context goes in the call: 0 = fn(ctx, ev), 1 = fn(ev, ctx), None = fn(ev).
     context_position: int | None
-    # may_emit's answers per event class: one dict lookup per emitted event, not a scan.
-    _may_emit: dict[type[Event], bool] = attrs.field(factory=dict, init=False, repr=False)
+    # Event classes found fine to emit (declared, and no input request, whose every instance
+    # is checked): the run looks an emitted event's class up here before any other check.
+    _emits_checked: set[type[Event]] = attrs.field(factory=set, init=False, repr=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.fn(*args, **kwargs)
 
     def may_emit(self, event_type: type[Event]) -> bool:
         """Whether the step declares `event_type` or a base of it (anything, if unknown)."""
-        allowed = self._may_emit.get(event_type)
-        if allowed is None:
-            allowed = not self.emits_known or issubclass(event_type, self.emits)
-            self._may_emit[event_type] = allowed
-        return allowed
+        return not self.emits_known or issubclass(event_type, self.emits)
 
 
 @attrs.frozen

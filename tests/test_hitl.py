@@ -566,3 +566,24 @@ async def test_a_human_answer_while_the_input_handler_thinks_wins(
             result = await handler.result()  # `greet` ends at 21 s, after the handler's 10 s
     assert result.result == "Hello, human!"
     assert received == [bz.InputResponseEvent(request_id="name", response="human")]
+
+
+async def test_every_input_request_is_checked_not_only_the_first_of_its_class() -> None:
+    """A step's emitted classes are checked once each, but input requests every time: a
+    malformed one fails the step even after well-formed ones passed."""
+
+    @bz.step
+    async def ask(ev: bz.StartEvent) -> bz.InputRequestEvent:
+        return bz.InputRequestEvent(prompt=ev.data)
+
+    @bz.step
+    async def done(ev: bz.InputResponseEvent) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.response)
+
+    async def answer(request: bz.InputRequestEvent) -> str:
+        return f"yes to {request.prompt}"
+
+    wf = bz.Workflow("ask", [ask, done], input_handler=answer)
+    assert (await wf.run("first?")).result == "yes to first?"
+    with pytest.raises(bz.StepFailed, match="invalid input request"):
+        await wf.run(42)  # prompt must be a str
