@@ -64,7 +64,7 @@ def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise ServerUnavailable(f"cannot connect: {exc}") from exc
+        raise ServerUnavailable(f"cannot connect: {' '.join(str(exc).split())}") from exc
 
 
 @dataclasses.dataclass

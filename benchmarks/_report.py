@@ -458,7 +458,7 @@ class Report:
         if self.postgres is None:
             return f"Scale-out: {sizes}."
         settings = ", ".join(f"{name}={value}" for name, value in self.postgres.items())
-        return f"Scale-out: {sizes}; both engines on one PostgreSQL server ({settings})."
+        return f"Scale-out: {sizes}; every engine on one PostgreSQL server ({settings})."
 
     def render(self) -> str:
         self.notes = []
