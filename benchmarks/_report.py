@@ -1,7 +1,8 @@
 """The printed tables and the JSON file: medians, noise, ratios, and why a figure is missing.
 
-Three tables from one run: blazen_trio against its floors (the tight bare-Trio code and a plain
-loop), against the peers, and the durability rows against one raw SQLite WAL commit.
+Four tables from one run: blazen_trio against its floors (the tight bare-Trio code and a plain
+loop), against the peers, the durability rows against one raw SQLite WAL commit, and the
+scale-out rows (worker processes on PostgreSQL) against DBOS's queues.
 """
 
 import datetime as dt
@@ -271,7 +272,7 @@ class Report:
             text += f" {FLOOR_NAMES.get(metric, metric)}"
         return text
 
-    # -- the three tables ---------------------------------------------------------------
+    # -- the tables ---------------------------------------------------------------------
 
     def main_lines(self) -> list[list[str]]:
         header = ["scenario", ENGINE, "tight trio floor", "engine/floor", "plain loop"]
@@ -516,6 +517,10 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+PACKAGES = ("blazen_trio", "trio", "msgspec", "attrs", "cattrs", "psycopg", "psycopg-pool")
+"""The versions the JSON reports (psycopg: the scale-out scenario's driver)."""
+
+
 def machine() -> dict[str, object]:
     """Where the figures come from: they mean nothing without it."""
     return {
@@ -525,7 +530,7 @@ def machine() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
-        "packages": {p: _version(p) for p in ("blazen_trio", "trio", "msgspec", "attrs", "cattrs")},
+        "packages": {p: _version(p) for p in PACKAGES},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
