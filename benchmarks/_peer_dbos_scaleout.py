@@ -4,8 +4,9 @@ The same 3-step run as blazen_trio's (`benchmarks._scaleout`): a `@DBOS.workflow
 three `@DBOS.step()`s, each adding 1. The driver (this process, the client) launches DBOS on a
 fresh system database on the job's server, listening to no queue, registers the queue with
 `worker_concurrency` = the job's concurrency, and starts N worker processes
-(`python -m benchmarks._peer_dbos_scaleout URL CONCURRENCY INDEX`), each launching DBOS on the
-same database with an executor id of its own and dequeuing from the queue. The client enqueues
+(`python -m benchmarks._peer_dbos_scaleout URL INDEX`), each launching DBOS on the same
+database with an executor id of its own and dequeuing from the queue (whose configuration,
+`worker_concurrency` included, DBOS keeps in the database). The client enqueues
 with `Queue.enqueue_async` and waits with the handles' `get_result`.
 
 DBOS's queues and results are polled, not notified: its defaults (1 s) would put a second on
@@ -107,7 +108,7 @@ def scaleout(job: Job) -> Callable[[], Metrics]:
     url = _url(dsn)
     _launch(url, "client", listen=False)
     queue = DBOS.register_queue(QUEUE, worker_concurrency=concurrency, polling_interval_sec=POLL_S)
-    command = [sys.executable, "-m", "benchmarks._peer_dbos_scaleout", url, str(concurrency)]
+    command = [sys.executable, "-m", "benchmarks._peer_dbos_scaleout", url]
     fleet = Fleet(command, workers)
     atexit.register(fleet.stop)  # the job's process ends after its last round
     runner = asyncio.Runner()
@@ -118,8 +119,8 @@ def scaleout(job: Job) -> Callable[[], Metrics]:
 
 
 def main(argv: list[str]) -> None:
-    """`URL CONCURRENCY INDEX`: one DBOS worker process, serving until its stdin closes."""
-    url, _concurrency, index = argv
+    """`URL INDEX`: one DBOS worker process, serving until its stdin closes."""
+    url, index = argv
     _launch(url, f"worker-{index}", listen=True)
     try:
         serve_until_stdin_closes()

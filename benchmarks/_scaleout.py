@@ -1,7 +1,7 @@
 """The scale-out scenario on blazen_trio: N worker processes on one PostgreSQL database.
 
 The job names the server (`dsn`); the job gets a fresh database of its own. Its workers are
-`python -m benchmarks._scaleout worker DSN CONCURRENCY INDEX`, each a `bz.open_worker` over a
+`python -m benchmarks._scaleout DSN CONCURRENCY INDEX`, each a `bz.open_worker` over a
 `PostgresCheckpointStore` (what `blazen-trio worker` runs), serving the 3-step workflow below
 until its stdin closes. This process is the client: a `bz.WorkflowClient` on its own store.
 """
@@ -82,7 +82,7 @@ def scaleout(job: Job) -> Callable[[], Metrics]:
     run against them."""
     workers, concurrency = count(job, "workers"), count(job, "concurrency")
     dsn = fresh_database(str(job["dsn"]), f"blazen_scaleout_w{workers}")
-    command = [sys.executable, "-m", "benchmarks._scaleout", "worker", dsn, str(concurrency)]
+    command = [sys.executable, "-m", "benchmarks._scaleout", dsn, str(concurrency)]
     fleet = Fleet(command, workers)
     atexit.register(fleet.stop)  # the job's process ends after its last round
     run_trio(_round, dsn, count(job, "warmup_runs"), 1)
@@ -99,8 +99,9 @@ async def _serve(dsn: str, concurrency: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """`worker DSN CONCURRENCY INDEX`: one worker process of the fleet."""
-    _, dsn, concurrency, _index = argv
+    """`DSN CONCURRENCY INDEX`: one worker process of the fleet (named by the worker itself,
+    so the index is unused)."""
+    dsn, concurrency, _index = argv
     trio.run(_serve, dsn, int(concurrency))
 
 
