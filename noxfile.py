@@ -40,7 +40,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark suite; the peers (LlamaIndex, pydantic-graph, Burr, DBOS, LangGraph) go in
-    their own venvs under .bench-peers/ (one that pip cannot install is reported, not fatal)."""
-    session.install("-e", ".")
+    their own venvs under .bench-peers/ (one that pip cannot install is reported, not fatal).
+    The postgres extra drives the scale-out scenario's workers."""
+    session.install("-e", ".[postgres]")
     session.run("python", "-m", "benchmarks", "--setup-peers", ".bench-peers")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -6,6 +6,7 @@ own venv. Exit status 1 if the floor or the engine failed a job; peers never fai
 """
 
 import argparse
+import contextlib
 import gc
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from benchmarks._child import load_scenarios
 from benchmarks._measure import Job, measure_job
 from benchmarks._peers import DEFAULT_PEERS_DIR, FoundPeer, find_peers, run_child, setup_peers
+from benchmarks._pgserver import Cluster, ServerUnavailable, bench_server
 from benchmarks._plan import (
     API,
     ENGINE,
@@ -105,11 +107,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _own_answer(impl: str, plan: Plan, job: Job, mode: Mode) -> Answer:
+def _own_answer(impl: str, plan: Plan, job: Job) -> Answer:
     """The floor's or the engine's answer for one job, in this process or a fresh one."""
     if plan.scenario in FRESH_PROCESS:
         # The child stops itself at the job's deadline; the kill is only a backstop.
-        backstop = mode.timeout_s + CHILD_SLACK_S
+        backstop = job["timeout_s"] + CHILD_SLACK_S
         return run_child(sys.executable, "benchmarks._child", {**job, "impl": impl}, backstop)
     scenarios = load_scenarios(impl)
     if isinstance(scenarios, str):
@@ -135,25 +137,49 @@ def _runs(plan: Plan, column: str, found: FoundPeer | None) -> bool:
     return found is None or plan.scenario in found.peer.scenarios
 
 
-def collect(selected: list[Plan], mode: Mode, rounds: int, peers: list[FoundPeer]) -> Results:
+Server = Cluster | str | None
+"""The scale-out jobs' PostgreSQL server, why there is none, or None: no such job selected."""
+
+
+def open_server(selected: list[Plan], stack: contextlib.ExitStack) -> Server:
+    """One server for every scale-out job of the run (both engines), stopped with `stack`."""
+    if not any(plan.scenario == "scaleout" for plan in selected):
+        return None
+    try:
+        return stack.enter_context(bench_server())
+    except ServerUnavailable as exc:
+        return f"unavailable: {exc}"
+
+
+def _job(plan: Plan, mode: Mode, rounds: int, timeout_s: float, server: Server) -> Job:
+    """The job as a column gets it; a scale-out job also names the server."""
+    job = plan.job(mode, rounds, timeout_s)
+    return {**job, "dsn": server.dsn} if isinstance(server, Cluster) else job
+
+
+def collect(
+    selected: list[Plan], mode: Mode, rounds: int, peers: list[FoundPeer], server: Server = None
+) -> Results:
     results: Results = {ENGINE: {}, FLOOR: {}, **{peer.name: {} for peer in peers}}
     for plan in selected:
-        job = plan.job(mode, rounds, mode.timeout_s)
+        no_server = server if plan.scenario == "scaleout" and isinstance(server, str) else None
+        job = _job(plan, mode, rounds, mode.own_timeout_s(plan.scenario), server)
         for column, impl in ((FLOOR, "floor"), (ENGINE, "engine")):
             if _runs(plan, column, None):
                 started = time.perf_counter()
-                results[column][plan.key] = add_stats(_own_answer(impl, plan, job, mode))
+                own: Answer = {"missing": no_server} if no_server else _own_answer(impl, plan, job)
+                results[column][plan.key] = add_stats(own)
                 _progress(plan, column, results[column][plan.key], started)
-        durable = plan.scenario == "durable"
-        timeout_s = mode.durable_peer_timeout_s if durable else mode.peer_timeout_s
-        peer_job = plan.job(mode, rounds, timeout_s)
+        timeout_s = mode.peer_timeout(plan.scenario)
+        peer_job = _job(plan, mode, rounds, timeout_s, server)
         for found in peers:
             if not _runs(plan, found.name, found):
                 continue
             started = time.perf_counter()
+            missing = found.missing if found.python is None else no_server
             answer: Answer = (
-                {"missing": found.missing}
-                if found.python is None
+                {"missing": missing}
+                if missing or found.python is None
                 else run_child(found.python, found.peer.module, peer_job, timeout_s)
             )
             results[found.name][plan.key] = add_stats(answer)
@@ -187,10 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected_keys = {plan.key for plan in selected}
     peers = [] if args.no_peers else find_peers(args.peers_dir, dict(args.peer_python))
     print(f"blazen_trio benchmarks, {mode.name} mode, {rounds} rounds", file=sys.stderr)
-    results = collect(selected, mode, rounds, peers)
+    with contextlib.ExitStack() as stack:
+        server = open_server(selected, stack)
+        postgres = server.settings() if isinstance(server, Cluster) else None
+        results = collect(selected, mode, rounds, peers, server)
     shown = [row for row in rows(mode) if _shown(row, selected_keys)]
     durable = [row for row in durable_rows(mode) if row.key in selected_keys]
-    report = Report(results, shown, durable, peers)
+    scaleout = [plan for plan in selected if plan.scenario == "scaleout"]
+    report = Report(results, shown, durable, peers, scaleout, postgres)
     print(report.render())
     print(LEGEND)
     write_json(args.json, report_json(report, mode, rounds, selected))

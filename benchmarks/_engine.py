@@ -350,6 +350,13 @@ def durable(job: Job) -> Callable[[], Metrics]:
     return in_fresh_loop(lambda: _durable_round(job))
 
 
+def scaleout(job: Job) -> Callable[[], Metrics]:
+    """Imported here: it needs the postgres extra, which the other scenarios do not."""
+    from benchmarks._scaleout import scaleout as prepare
+
+    return prepare(job)
+
+
 SCENARIOS: dict[str, Prepare] = {
     "chain": chain,
     "fanout": fanout,
@@ -358,4 +365,5 @@ SCENARIOS: dict[str, Prepare] = {
     "snapshot": snapshot,
     "pause": pause,
     "durable": durable,
+    "scaleout": scaleout,
 }

@@ -1,4 +1,5 @@
-"""The durability scenarios on DBOS Transact with a SQLite system database, in its peer venv.
+"""The durability scenarios on DBOS Transact with a SQLite system database, in its peer venv
+(and the scale-out one on PostgreSQL, `_peer_dbos_scaleout`).
 
 Invoked as `<peer python> -m benchmarks._peer_dbos '<job JSON>'` like `_peer_llama`. A durable
 chain is a `@DBOS.workflow()` that awaits a `@DBOS.step()` once per step (DBOS records each step's
@@ -29,6 +30,7 @@ from dbos import DBOS  # type: ignore[import-not-found]
 
 from benchmarks._aio import answer
 from benchmarks._measure import Job, Metrics, Prepare
+from benchmarks._peer_dbos_scaleout import scaleout
 
 SETTINGS: dict[str, object] = {}
 """The database file (`path`) and the `synchronous` the connect hook read back."""
@@ -103,7 +105,7 @@ def durable(job: Job) -> Callable[[], Metrics]:
     return lambda: runner.run(one_round())
 
 
-SCENARIOS: dict[str, Prepare] = {"durable": durable}
+SCENARIOS: dict[str, Prepare] = {"durable": durable, "scaleout": scaleout}
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ DEFAULT_PEERS_DIR = REPO_ROOT / ".bench-peers"
 LLAMA_SCENARIOS = frozenset({"chain", "fanout", "runs", "stream", "snapshot", "pause"})
 GRAPH_SCENARIOS = frozenset({"chain", "fanout"})
 DURABLE_SCENARIOS = frozenset({"durable"})
+DBOS_SCENARIOS = frozenset({"durable", "scaleout"})
 
 
 @attrs.frozen
@@ -63,7 +64,7 @@ PEERS = (
     ),
     # burr.core.parallelism imports Burr's tracking models, which need pydantic.
     Peer("burr", "Burr", ("burr", "pydantic"), "benchmarks._peer_burr", GRAPH_SCENARIOS),
-    Peer("dbos", "DBOS", ("dbos",), "benchmarks._peer_dbos", DURABLE_SCENARIOS),
+    Peer("dbos", "DBOS", ("dbos",), "benchmarks._peer_dbos", DBOS_SCENARIOS),
     Peer(
         "langgraph",
         "LangGraph",

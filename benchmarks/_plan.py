@@ -31,12 +31,28 @@ class Mode:
     keys_small: int
     keys_large: int
     wal_commits: int  # commits per round of the raw SQLite loop
+    scaleout_workers: tuple[int, ...]  # worker processes of each scale-out job ...
+    scaleout_concurrency: int  # ... each driving this many runs at once
+    scaleout_runs: int  # runs submitted at once, per round (throughput)
+    scaleout_latency_runs: int  # single runs one at a time, per round (latency)
+    scaleout_budget_s: float  # a scale-out round lasts seconds: a budget of its own
+    scaleout_timeout_s: float  # a scale-out job (either engine) is cut off after this
     rounds: int
     warmup: int
     budget_s: float  # no new round starts after this long (one round is always kept)
     timeout_s: float  # a job of blazen_trio or of the floor is cut off after this
     peer_timeout_s: float  # a peer's subprocess is killed after this
     durable_peer_timeout_s: float  # the same for the durability jobs (DBOS is slow)
+
+    def own_timeout_s(self, scenario: str) -> float:
+        """When a job of blazen_trio or of the floor is cut off."""
+        return self.scaleout_timeout_s if scenario == "scaleout" else self.timeout_s
+
+    def peer_timeout(self, scenario: str) -> float:
+        """When a peer's subprocess is killed."""
+        if scenario == "scaleout":
+            return self.scaleout_timeout_s
+        return self.durable_peer_timeout_s if scenario == "durable" else self.peer_timeout_s
 
 
 FULL = Mode(
@@ -58,6 +74,12 @@ FULL = Mode(
     keys_small=10,
     keys_large=100_000,
     wal_commits=1_000,
+    scaleout_workers=(1, 2, 4),
+    scaleout_concurrency=10,
+    scaleout_runs=2_000,
+    scaleout_latency_runs=50,
+    scaleout_budget_s=60.0,
+    scaleout_timeout_s=400.0,
     rounds=5,
     warmup=1,
     budget_s=15.0,
@@ -85,6 +107,12 @@ QUICK = Mode(
     keys_small=10,
     keys_large=10_000,
     wal_commits=200,
+    scaleout_workers=(1, 2),
+    scaleout_concurrency=10,
+    scaleout_runs=100,
+    scaleout_latency_runs=10,
+    scaleout_budget_s=2.0,
+    scaleout_timeout_s=40.0,
     rounds=2,
     warmup=1,
     budget_s=2.0,
@@ -108,19 +136,20 @@ class Plan:
     columns: frozenset[str] | None = None
 
     def job(self, mode: Mode, rounds: int, timeout_s: float) -> Job:
+        """The job as JSON; `params` may set its own `warmup` and `budget_s`."""
         return {
             "scenario": self.scenario,
-            **self.params,
-            "rounds": rounds,
             "warmup": mode.warmup,
             "budget_s": mode.budget_s,
+            **self.params,
+            "rounds": rounds,
             "timeout_s": timeout_s,
         }
 
 
-SCENARIOS = ("chain", "fanout", "runs", "stream", "snapshot", "pause", "durable")
+SCENARIOS = ("chain", "fanout", "runs", "stream", "snapshot", "pause", "durable", "scaleout")
 
-FRESH_PROCESS = frozenset({"runs"})
+FRESH_PROCESS = frozenset({"runs", "scaleout"})
 """Scenarios measured in a fresh subprocess for every engine (peak RSS is a high-water mark)."""
 
 API = {
@@ -131,6 +160,7 @@ API = {
     "snapshot": "handler.pause/snapshot",
     "pause": "handler.pause",
     "durable": "Workflow(checkpoint_store=)",
+    "scaleout": "Worker / WorkflowClient",
 }
 """The engine API each scenario needs, named in "n/a (engine lacks ...)"."""
 
@@ -164,6 +194,7 @@ def plans(mode: Mode) -> list[Plan]:
         Plan("pause", "pause_wait", {"n": mode.pause_steps, "mode": "wait"}),
         Plan("pause", "pause_cancel", {"n": mode.pause_steps, "mode": "cancel"}),
         *durable_plans(mode),
+        *scaleout_plans(mode),
     ]
 
 
@@ -191,6 +222,26 @@ def durable_plans(mode: Mode) -> list[Plan]:
         params = {"shape": "keys", "steps": mode.keys_steps, "runs": 1, "keys": keys}
         out += [_durable(f"keys{keys}", params, s, {ENGINE, "langgraph"}) for s in SYNCS]
     return out
+
+
+def scaleout_plans(mode: Mode) -> list[Plan]:
+    """One job per worker count, for blazen_trio and DBOS; each warms its fleet up itself."""
+    params = {
+        "concurrency": mode.scaleout_concurrency,
+        "runs": mode.scaleout_runs,
+        "latency_runs": mode.scaleout_latency_runs,
+        "warmup": 0,
+        "budget_s": mode.scaleout_budget_s,
+    }
+    return [
+        Plan(
+            "scaleout",
+            f"scaleout_w{n}",
+            {**params, "workers": n, "warmup_runs": 2 * n * mode.scaleout_concurrency},
+            frozenset({ENGINE, "dbos"}),
+        )
+        for n in mode.scaleout_workers
+    ]
 
 
 @attrs.frozen

@@ -1,7 +1,8 @@
 """The printed tables and the JSON file: medians, noise, ratios, and why a figure is missing.
 
-Three tables from one run: blazen_trio against its floors (the tight bare-Trio code and a plain
-loop), against the peers, and the durability rows against one raw SQLite WAL commit.
+Four tables from one run: blazen_trio against its floors (the tight bare-Trio code and a plain
+loop), against the peers, the durability rows against one raw SQLite WAL commit, and the
+scale-out rows (worker processes on PostgreSQL) against DBOS's queues.
 """
 
 import datetime as dt
@@ -22,6 +23,9 @@ Answer = dict[str, object]
 
 Results = dict[str, dict[str, Answer]]
 """column -> job key -> answer."""
+
+SCALEOUT_LATENCIES = ("latency_median", "latency_p95")
+"""The scale-out rounds' latency figures, each the median over the rounds."""
 
 REASONS = ("unsupported", "gave_up", "timeout", "error", "missing")
 
@@ -66,6 +70,17 @@ METHOD = {
     "raw WAL commit = one INSERT of 256 bytes + COMMIT in WAL mode, looped in a worker thread, "
     "stdlib sqlite3; DBOS and LangGraph report the SQLite settings read back from their "
     "connections",
+    "scaleout": "a 3-step run (each step adds 1) driven by N worker processes on one "
+    "PostgreSQL server the suite starts (PostgreSQL's own fsync and synchronous_commit), a "
+    "fresh database per job and engine; the client (the job's process) submits `runs` runs, "
+    "at most 10 submits in flight, and waits for every result: runs_per_s = runs / (last "
+    "result - first submit); then `latency_runs` single runs one at a time on the idle "
+    "fleet, latency = result - submit, median and p95 per round; each job first warms its "
+    "fleet up with an untimed round. blazen_trio: `bz.open_worker` over "
+    "`PostgresCheckpointStore` (LISTEN/NOTIFY, 1 s poll fallback), `WorkflowClient`. DBOS: "
+    "N processes launching DBOS on one system database, a registered queue with the same "
+    "worker_concurrency, enqueue_async and get_result; its queue and result waits poll every "
+    "10 ms (its default is 1 s)",
 }
 
 
@@ -171,11 +186,15 @@ class Report:
         rows: list[Row],
         durable_rows: list[DurableRow],
         peers: list[FoundPeer],
+        scaleout: Sequence[Plan] = (),
+        postgres: dict[str, str] | None = None,
     ) -> None:
         self.results = results
         self.rows = rows
         self.durable_rows = [r for r in durable_rows if r.column in results]
         self.peers = peers
+        self.scaleout = list(scaleout)
+        self.postgres = postgres
         self.notes: list[str] = []
 
     # -- figures ------------------------------------------------------------------------
@@ -253,7 +272,7 @@ class Report:
             text += f" {FLOOR_NAMES.get(metric, metric)}"
         return text
 
-    # -- the three tables ---------------------------------------------------------------
+    # -- the tables ---------------------------------------------------------------------
 
     def main_lines(self) -> list[list[str]]:
         header = ["scenario", ENGINE, "tight trio floor", "engine/floor", "plain loop"]
@@ -385,6 +404,63 @@ class Report:
             )
         return lines
 
+    def scaleout_peers(self) -> list[FoundPeer]:
+        return [p for p in self.peers if "scaleout" in p.peer.scenarios]
+
+    def rate_cell(self, column: str, key: str) -> str:
+        """Runs per second, median [min-max], or why there is no figure."""
+        answer = self.answer(column, key)
+        value = stat(answer, "runs_per_s")
+        if value is None:
+            return self.missing(column, key)
+        low, high = (stat(answer, "runs_per_s", which) for which in ("min", "max"))
+        return f"{value:,.0f} [{low:,.0f}-{high:,.0f}]"
+
+    def latency_cell(self, column: str, key: str) -> str:
+        """Submit-to-result latency, median / p95 (each the median over rounds)."""
+        median, p95 = (stat(self.answer(column, key), m) for m in SCALEOUT_LATENCIES)
+        if median is None or p95 is None:
+            return self.missing(column, key)
+        return f"{format_figure(median, 's')} / {format_figure(p95, 's')}"
+
+    def scaleout_lines(self) -> list[list[str]]:
+        header = ["worker processes x runs at once", f"{ENGINE} runs/s [min-max]"]
+        header.append(f"{ENGINE} latency p50 / p95")
+        for found in self.scaleout_peers():
+            label = self.peer_label(found)
+            header += [f"{label} runs/s", f"runs/s {ENGINE} / {label}"]
+            header += [f"{label} latency p50 / p95", f"p50 {label} / {ENGINE}"]
+        lines = [header]
+        for plan in self.scaleout:
+            key, params = plan.key, plan.params
+            line = [f"{params['workers']} x {params['concurrency']}"]
+            line += [self.rate_cell(ENGINE, key), self.latency_cell(ENGINE, key)]
+            engine_rate = stat(self.answer(ENGINE, key), "runs_per_s")
+            engine_p50 = stat(self.answer(ENGINE, key), "latency_median")
+            for found in self.scaleout_peers():
+                peer = self.answer(found.name, key)
+                line += [
+                    self.rate_cell(found.name, key),
+                    format_ratio(ratio(engine_rate, stat(peer, "runs_per_s"))),
+                    self.latency_cell(found.name, key),
+                    format_ratio(ratio(stat(peer, "latency_median"), engine_p50)),
+                ]
+            lines.append(line)
+        return lines
+
+    def scaleout_note(self) -> str:
+        """What the scale-out figures ran on: one server, both engines."""
+        plan = self.scaleout[0]
+        sizes = (
+            f"{plan.params['runs']:,} runs submitted at once per round (runs/s: first submit "
+            f"to last result), then {plan.params['latency_runs']} single runs one at a time "
+            "(latency: submit to result)"
+        )
+        if self.postgres is None:
+            return f"Scale-out: {sizes}."
+        settings = ", ".join(f"{name}={value}" for name, value in self.postgres.items())
+        return f"Scale-out: {sizes}; every engine on one PostgreSQL server ({settings})."
+
     def render(self) -> str:
         self.notes = []
         parts = [render(self.main_lines())] if self.rows else []
@@ -392,6 +468,8 @@ class Report:
             parts.append(render(self.peer_lines()))
         if self.durable_rows:
             parts.append(render(self.durable_lines()))
+        if self.scaleout:
+            parts.append(render(self.scaleout_lines()) + "\n" + self.scaleout_note())
         notes = [f"[{i}] {note}" for i, note in enumerate(self.notes, start=1)]
         return "\n\n".join(parts) + ("\n" + "\n".join(notes) if notes else "")
 
@@ -401,6 +479,7 @@ class Report:
             "main": self.main_lines(),
             "peers": self.peer_lines(),
             "durability": self.durable_lines(),
+            "scaleout": self.scaleout_lines(),
         }
         return {"tables": tables, "notes": list(self.notes)}
 
@@ -414,8 +493,11 @@ median (peer / blazen_trio: above 1x, blazen_trio is faster or smaller). pydanti
 and Burr fan out with no concurrency cap. Durability: per step = wall time / step \
 invocations; / WAL commit = against one raw SQLite WAL commit at the same synchronous \
 setting (the loop in one thread); / baseline = against the same workload with no store \
-(blazen_trio's stores) or with the fewest keys (many-keys chains). Method and raw samples: \
-the JSON."""
+(blazen_trio's stores) or with the fewest keys (many-keys chains). Scale-out: runs per \
+second of N worker processes (higher is better), median [min-max] over rounds, and the \
+submit-to-result latency of single runs, median / p95; the ratios are blazen_trio's runs/s \
+over the peer's, and the peer's median latency over blazen_trio's (above 1x, blazen_trio \
+is ahead). Method and raw samples: the JSON."""
 
 
 def _version(package: str) -> str:
@@ -435,6 +517,10 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+PACKAGES = ("blazen_trio", "trio", "msgspec", "attrs", "cattrs", "psycopg", "psycopg-pool")
+"""The versions the JSON reports (psycopg: the scale-out scenario's driver)."""
+
+
 def machine() -> dict[str, object]:
     """Where the figures come from: they mean nothing without it."""
     return {
@@ -444,7 +530,7 @@ def machine() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
-        "packages": {p: _version(p) for p in ("blazen_trio", "trio", "msgspec", "attrs", "cattrs")},
+        "packages": {p: _version(p) for p in PACKAGES},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -460,6 +546,7 @@ def report_json(report: Report, mode: Mode, rounds: int, plans: list[Plan]) -> d
         "peer_timeout_s": mode.peer_timeout_s,
         "durable_peer_timeout_s": mode.durable_peer_timeout_s,
         "machine": machine(),
+        "postgres": report.postgres,
         "method": METHOD,
         "peers": {
             p.name: {

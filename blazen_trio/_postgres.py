@@ -231,19 +231,22 @@ class _Db:
             "SELECT lease_owner, lease_epoch FROM blazen_trio_runs WHERE run_id = %s FOR SHARE",
             (lease.run_id,),
         )
-        if row is None or (row[0], row[1]) != (lease.owner, lease.epoch):
-            now = "gone" if row is None else f"at epoch {row[1]}, held by {row[0]!r}"
-            raise CheckpointStoreError(
-                f"run {lease.run_id!r}: the lease of worker {lease.owner!r} at epoch "
-                f"{lease.epoch} was lost (the run is {now}); this worker may not write it"
-            )
+        _refuse_lost(lease, row)
 
-    def seqs(self, run_id: str) -> tuple[int, int]:
-        """The run's base seq and last seq, its row locked until the transaction ends."""
+    def seqs(self, run_id: str, fence: Lease | None = None) -> tuple[int, int]:
+        """The run's base seq and last seq, its row locked until the transaction ends; with
+        `fence`, the write is refused unless the lease holds (checked in the same statement
+        when the lease is the run's own: one round trip per journal write, not two)."""
+        own = fence if fence is not None and fence.run_id == run_id else None
+        if fence is not None and own is None:  # a sub-workflow's run: the fence is its root's
+            self.check_fence(fence)
         row = self.one(
-            "SELECT base_seq, last_seq FROM blazen_trio_runs WHERE run_id = %s FOR UPDATE",
+            "SELECT base_seq, last_seq, lease_owner, lease_epoch FROM blazen_trio_runs "
+            "WHERE run_id = %s FOR UPDATE",
             (run_id,),
         )
+        if own is not None:
+            _refuse_lost(own, None if row is None else row[2:])
         if row is None:
             raise no_run(run_id)
         return int(row[0]), int(row[1])
@@ -282,9 +285,7 @@ class _Db:
     def append(
         self, run_id: str, record: JournalRecord, data: bytes, fence: Lease | None = None
     ) -> None:
-        if fence is not None:
-            self.check_fence(fence)
-        base_seq, last = self.seqs(run_id)
+        base_seq, last = self.seqs(run_id, fence)
         if self.retrying and record.seq == last and self.landed(run_id, record.seq, data):
             return  # the earlier try committed before its connection broke
         check_follows(run_id, record.seq, last)
@@ -518,6 +519,16 @@ class _Db:
 
     def forget_controls(self, ids: list[int]) -> None:
         self.execute("DELETE FROM blazen_trio_controls WHERE id = ANY(%s)", (ids,))
+
+
+def _refuse_lost(lease: Lease, row: Sequence[Any] | None) -> None:
+    """Refuse a write under `lease` unless the run's (lease_owner, lease_epoch) `row` is it."""
+    if row is None or (row[0], row[1]) != (lease.owner, lease.epoch):
+        now = "gone" if row is None else f"at epoch {row[1]}, held by {row[0]!r}"
+        raise CheckpointStoreError(
+            f"run {lease.run_id!r}: the lease of worker {lease.owner!r} at epoch "
+            f"{lease.epoch} was lost (the run is {now}); this worker may not write it"
+        )
 
 
 class _CommitUnknown(Exception):

@@ -1,10 +1,8 @@
 """A real PostgreSQL server for the tests: a throwaway cluster, or `BLAZEN_TRIO_TEST_DSN`.
 
-`Cluster.start()` runs `initdb` and `pg_ctl` from the server binaries on the machine (on PATH,
-or Debian's /usr/lib/postgresql/*/bin) in a temporary directory, on a free loopback port, as
-the `postgres` user when the tests run as root (initdb refuses root), the way
-pytest-postgresql's executor does. Never a mock. Each test gets a schema of its own
-(`search_path` in its DSN), dropped afterwards.
+`Cluster.start()` (benchmarks/_pgserver.py, shared with the benchmark suite) runs `initdb` and
+`pg_ctl` from the server binaries on the machine in a temporary directory. Never a mock. Each
+test gets a schema of its own (`search_path` in its DSN), dropped afterwards.
 
 Without a server the tests that need one skip, saying why; with
 `BLAZEN_TRIO_REQUIRE_POSTGRES=1` (set by `.ci/run`) they fail instead, so CI cannot skip them.
@@ -12,25 +10,20 @@ Without a server the tests that need one skip, saying why; with
 
 from __future__ import annotations
 
-import glob
 import os
-import pathlib
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from typing import NoReturn
 
-import attrs
 import pytest
+
+from benchmarks._pgserver import Cluster, ServerUnavailable
 
 try:
     import psycopg
 except ImportError:  # the postgres extra is not installed: the tests say so
     psycopg = None  # type: ignore[assignment]  # checked before every use
+
+__all__ = ["Cluster", "postgres_cluster", "postgres_dsn"]
 
 REQUIRED = os.environ.get("BLAZEN_TRIO_REQUIRE_POSTGRES") == "1"
 DSN_VARIABLE = "BLAZEN_TRIO_TEST_DSN"
@@ -44,111 +37,6 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(message)
 
 
-def find_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@attrs.define
-class Cluster:
-    """A PostgreSQL server this test session started, or one it was given."""
-
-    dsn: str
-    directory: pathlib.Path | None = None
-    pg_ctl: str | None = None
-    as_user: list[str] = attrs.Factory(list)
-    options: str = ""
-
-    @classmethod
-    def start(cls) -> Cluster:
-        initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
-        if initdb is None or pg_ctl is None:
-            unavailable("no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin")
-        directory = pathlib.Path(tempfile.mkdtemp(prefix="blazen-trio-pg-"))
-        as_user: list[str] = []
-        if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to `postgres`
-            user = pwd.getpwnam("postgres")
-            os.chown(directory, user.pw_uid, user.pw_gid)
-            as_user = ["runuser", "-u", "postgres", "--"]
-        port = free_port()
-        data = directory / "data"
-        subprocess.run(
-            [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
-             "-E", "UTF8", "--locale=C"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        # Speed over durability: a crash of this machine loses a throwaway cluster anyway.
-        options = (
-            f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
-        cluster = cls(
-            f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-            directory,
-            pg_ctl,
-            as_user,
-            options,
-        )
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "log"),
-             "-w", "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        return cluster
-
-    def restart(self, *, down_for: float = 0.0) -> None:
-        """Stop the server (fast: connections are cut) and start it again, the same way."""
-        assert self.pg_ctl is not None
-        assert self.directory is not None
-        data = str(self.directory / "data")
-        subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-m", "fast", "-w", "stop"],
-            check=True,
-            capture_output=True,
-        )
-        if down_for:
-            subprocess.run(["sleep", str(down_for)], check=True)
-        subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-o", self.options, "-l",
-             str(self.directory / "log"), "-w", "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.pg_ctl is None or self.directory is None:
-            return
-        data = str(self.directory / "data")
-        subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def new_schema(self) -> tuple[str, str]:
-        """A fresh schema, and a DSN whose tables go there."""
-        assert psycopg is not None
-        schema = f"t_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
-            connection.execute(f"CREATE SCHEMA {schema}")
-        return schema, f"{self.dsn} options='-c search_path={schema}'"
-
-    def drop_schema(self, schema: str) -> None:
-        assert psycopg is not None
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
-            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[Cluster]:
     """The session's PostgreSQL server, started once and stopped at the end."""
@@ -160,9 +48,8 @@ def postgres_cluster() -> Iterator[Cluster]:
         return
     try:
         cluster = Cluster.start()
-    except (subprocess.CalledProcessError, OSError, KeyError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        unavailable(f"cannot start a cluster: {exc} {detail.decode(errors='replace')}")
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
     try:
         yield cluster
     finally:
