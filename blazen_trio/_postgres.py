@@ -645,7 +645,11 @@ class PostgresCheckpointStore:
         return f"<PostgresCheckpointStore {self._label}>"
 
     async def __aenter__(self) -> Self:
-        await self._ensure_ready()
+        try:
+            await self._ensure_ready()
+        except BaseException:  # no `__aexit__` follows: the pool's threads must not linger
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(

@@ -99,28 +99,31 @@ class Cluster:
             as_user,
             options,
         )
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "log"),
-             "-w", "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        cluster.bring_up()
         return cluster
 
-    def restart(self, *, down_for: float = 0.0) -> None:
+    def restart(self) -> None:
         """Stop the server (fast: connections are cut) and start it again, the same way."""
+        self.take_down()
+        self.bring_up()
+
+    def take_down(self) -> None:
+        """Stop the server, keeping its data (`bring_up` starts it again)."""
         assert self.pg_ctl is not None
         assert self.directory is not None
-        data = str(self.directory / "data")
         subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-m", "fast", "-w", "stop"],
-            check=True,
-            capture_output=True,
-        )
-        if down_for:
-            subprocess.run(["sleep", str(down_for)], check=True)
+            [*self.as_user, self.pg_ctl, "-D", str(self.directory / "data"), "-m", "fast", "-w",
+             "stop"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def bring_up(self) -> None:
+        """Start the server on its data directory, port and options."""
+        assert self.pg_ctl is not None
+        assert self.directory is not None
         subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-o", self.options, "-l",
-             str(self.directory / "log"), "-w", "start"],
+            [*self.as_user, self.pg_ctl, "-D", str(self.directory / "data"), "-o", self.options,
+             "-l", str(self.directory / "log"), "-w", "start"],
             check=True, capture_output=True,
         )  # fmt: skip
 
