@@ -525,11 +525,12 @@ class _CommitUnknown(Exception):
 
 
 def _label(dsn: str) -> str:
-    """The server and database a DSN names, without credentials (for messages)."""
+    """The server and database a DSN names, without credentials (for messages); a DSN that
+    does not parse is refused at once rather than retried as if the server were away."""
     try:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "postgresql (unparsable DSN)"
+    except psycopg.Error as exc:
+        raise CheckpointStoreError(f"checkpoint store: not a PostgreSQL DSN: {exc}") from exc
     host = parts.get("host") or "localhost"
     port = parts.get("port") or "5432"
     return f"postgresql://{host}:{port}/{parts.get('dbname') or ''}"
@@ -598,7 +599,8 @@ class PostgresCheckpointStore:
     cancelled (shielded), so a caller always learns whether its record landed.
 
     Unreachable server: an operation whose connection fails is tried again (with back-off) for
-    up to `retry_for` seconds, then raises `CheckpointStoreError`. A write whose COMMIT was cut
+    up to `retry_for` seconds, then raises `CheckpointStoreError` (at once for a `dsn` that
+    does not parse). A write whose COMMIT was cut
     off is checked on the next try (an append finds its own record and counts as done).
     `pool_size` bounds the connections, and so the operations at once. `clock` gives the times
     the store records (`RunInfo`) and `prune` compares with; leases use the server's clock.
@@ -616,8 +618,8 @@ class PostgresCheckpointStore:
     ) -> None:
         if type(pool_size) is not int or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
-        self._dsn = dsn
         self._label = _label(dsn)
+        self._dsn = dsn
         self._compact_every = check_compact_every(compact_every)
         self._clock = clock
         self._retry_for = float(retry_for)

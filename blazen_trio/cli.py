@@ -39,7 +39,7 @@ from ._errors import RunSuspended, SnapshotError, WorkflowError
 from ._records import RunStatus
 from ._sqlite import SqliteCheckpointStore
 from ._stores import FINISHED, CheckpointStore
-from ._worker import DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Worker
+from ._worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Worker
 from ._workflow import Workflow
 
 try:
@@ -184,18 +184,24 @@ def _store_hint(args: argparse.Namespace) -> str:
 
 
 def _command_worker(args: argparse.Namespace) -> int:
-    """Claim and drive runs until SIGTERM or Ctrl-C, then pause them and let go (exit 0)."""
+    """Claim and drive runs until SIGTERM or Ctrl-C, then pause them and let go (exit 0);
+    steps still running after `--drain-timeout` are cancelled, to run again elsewhere."""
     workflows = [_load_workflow(target) for target in args.workflows]
+    store = _postgres_store(args.dsn)
+    try:  # checked before the server is asked anything
+        worker = Worker(
+            store,
+            workflows,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            poll_interval=args.poll_interval,
+            drain_timeout=args.drain_timeout,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
     async def main() -> None:
-        async with _postgres_store(args.dsn) as store:
-            worker = Worker(
-                store,
-                workflows,
-                concurrency=args.concurrency,
-                lease=args.lease,
-                poll_interval=args.poll_interval,
-            )
+        async with store:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(worker.serve)
@@ -480,6 +486,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
     worker.add_argument(
         "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="poll seconds"
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        help="on SIGTERM, seconds running steps may take to finish before they are cancelled",
     )
     worker.set_defaults(handle=_command_worker)
     return parser

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 from _pg_fixtures import LEASE, POLL, effects
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 
@@ -162,3 +163,60 @@ async def test_a_client_pauses_resumes_and_aborts_runs_held_or_not(
             assert (await client.result("idle")).result == expected(2)
     with pytest.raises(bz.UnknownInputRequest):
         await client.respond("held", REQUEST_ID, "again")
+
+
+def hanging_workflow(entered: trio.Event, executions: list[int]) -> bz.Workflow:
+    """`hang`'s first execution never ends (an event no one sets); later ones return."""
+
+    @bz.step
+    async def hang(ev: bz.StartEvent) -> bz.StopEvent:
+        executions.append(len(executions))
+        if len(executions) == 1:
+            entered.set()
+            await trio.Event().wait()
+        return bz.StopEvent(result="done")
+
+    return bz.Workflow("hangs", [hang])
+
+
+async def journaled_statuses(store: PostgresCheckpointStore, run_id: str) -> list[bz.RunStatus]:
+    """The run's status after each of its records."""
+    statuses = []
+    for info in await store.history(run_id):
+        snapshot = await store.load(run_id, at=info.seq)
+        assert snapshot is not None
+        statuses.append(snapshot.status)
+    return statuses
+
+
+@pytest.fixture
+def slow_autojump_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once the test has been idle for 10 ms of real time. The store
+    works in threads, in real time: a clock jumping whenever Trio waits for them (threshold 0)
+    would race the worker's timers ahead of the database by minutes."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
+async def test_shutdown_cancels_the_steps_still_running_after_the_drain_timeout(
+    store: PostgresCheckpointStore, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    entered, executions = trio.Event(), list[int]()
+    hangs = hanging_workflow(entered, executions)
+    client = bz.WorkflowClient(store)
+    await client.submit("hangs", run_id="h")
+    options: dict[str, Any] = {"lease": 30, "poll_interval": 5}  # few timers to jump through
+    worker = bz.Worker(store, [hangs], drain_timeout=40, **options)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.serve)
+            await entered.wait()
+            asked = trio.current_time()
+            await worker.shutdown()
+            drained_for = trio.current_time() - asked
+        assert 40 <= drained_for < 50  # the step had its drain_timeout, then was cancelled
+        assert await status_of(store, "h") is bz.RunStatus.RUNNING  # let go, runnable
+        paused, requeued = (await journaled_statuses(store, "h"))[-2:]
+        assert (paused, requeued) == (bz.RunStatus.PAUSED, bz.RunStatus.RUNNING)
+        async with bz.open_worker(store, [hangs], **options):
+            assert (await client.result("h")).result == "done"
+    assert executions == [0, 1]  # the cancelled step ran again, elsewhere
