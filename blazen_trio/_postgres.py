@@ -39,7 +39,7 @@ from ._codec import (
 )
 from ._errors import CheckpointStoreError, RunFinished, SnapshotError, UnknownInputRequest
 from ._journal import fold
-from ._queue import Control, ControlOp, Lease
+from ._queue import SUBMITTED_START_KEY, Control, ControlOp, Lease
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
     AUTO,
@@ -357,12 +357,28 @@ class _Db:
         if row is not None:
             self.notify()
             return
-        (taken,) = self.one(
-            "SELECT workflow_name FROM blazen_trio_runs WHERE run_id = %s", (snapshot.run_id,)
+        self.check_resubmitted(snapshot)
+
+    def check_resubmitted(self, snapshot: WorkflowSnapshot) -> None:
+        """A run id submitted again: fine (nothing to do) if it names the same submission;
+        refused if the id is another workflow's, a run not submitted, or another input's."""
+        run_id = snapshot.run_id
+        taken, managed, data = self.one(
+            "SELECT workflow_name, managed, base FROM blazen_trio_runs WHERE run_id = %s",
+            (run_id,),
         )
         if taken != snapshot.workflow_name:
+            raise CheckpointStoreError(f"run id {run_id!r} is taken by a run of workflow {taken!r}")
+        if not managed:
             raise CheckpointStoreError(
-                f"run id {snapshot.run_id!r} is taken by a run of workflow {taken!r}"
+                f"run id {run_id!r} is taken by a run that was not submitted (started in a process)"
+            )
+        base = self.decode(run_id, "the base snapshot", WorkflowSnapshot.from_bytes, data)
+        start = base.metadata.get(SUBMITTED_START_KEY)
+        if start is not None and start != snapshot.metadata.get(SUBMITTED_START_KEY):
+            raise CheckpointStoreError(
+                f"run id {run_id!r} was submitted with another input: a submit is idempotent "
+                "only with the same workflow and input"
             )
 
     def claim(self, owner: str, workflows: list[str], limit: int, lease: float) -> list[Lease]:

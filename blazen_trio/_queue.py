@@ -51,9 +51,10 @@ class RunQueue(Protocol):
     """A checkpoint store that hands runs out to workers under fenced leases."""
 
     async def submit(self, snapshot: WorkflowSnapshot) -> None:
-        """Store a new runnable run (its base) unless its run id exists (idempotent).
+        """Store a new runnable run (its base) unless the same submission exists (idempotent).
 
-        Raises `CheckpointStoreError` if the id is taken by a run of another workflow.
+        Raises `CheckpointStoreError` if the id is taken by a run of another workflow, by a run
+        not submitted, or by a submission of another start event.
         """
 
     async def claim(

@@ -41,7 +41,8 @@ async def test_a_worker_completes_submitted_runs(dsn: str, store: PostgresCheckp
                 await client.submit("pgtest", {"dsn": dsn, "size": 3}, run_id=f"run-{n}")
                 for n in range(6)
             ]
-            assert await client.submit("pgtest", {"dsn": "ignored"}, run_id="run-0") == "run-0"
+            again = await client.submit("pgtest", {"dsn": dsn, "size": 3}, run_id="run-0")
+            assert again == "run-0"
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(answer_all, client, store, run_ids)
                 results = [await client.result(run_id) for run_id in run_ids]
@@ -61,6 +62,10 @@ async def wait_for(predicate: Any, *args: Any, limit: float = 20) -> Any:
         while not (found := await predicate(*args)):  # noqa: ASYNC110  # see the docstring
             await trio.sleep(0.02)
     return found
+
+
+async def waiting(store: PostgresCheckpointStore, run_id: str) -> bool:
+    return await status_of(store, run_id) is bz.RunStatus.WAITING_FOR_INPUT
 
 
 async def status_of(store: PostgresCheckpointStore, run_id: str) -> bz.RunStatus:
@@ -220,3 +225,63 @@ async def test_shutdown_cancels_the_steps_still_running_after_the_drain_timeout(
         async with bz.open_worker(store, [hangs], **options):
             assert (await client.result("h")).result == "done"
     assert executions == [0, 1]  # the cancelled step ran again, elsewhere
+
+
+async def test_submit_is_idempotent_by_run_id_and_refuses_a_conflicting_one(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    client = bz.WorkflowClient(store)
+    first = {"dsn": dsn, "size": 1}
+    assert await client.submit("pgtest", first, run_id="r") == "r"
+    assert await client.submit("pgtest", dict(reversed(first.items())), run_id="r") == "r"
+    assert [info.run_id for info in await store.list()] == ["r"]
+    with pytest.raises(bz.CheckpointStoreError, match="'r' is taken by a run of workflow 'pgtest'"):
+        await client.submit("other", first, run_id="r")
+    with pytest.raises(bz.CheckpointStoreError, match="'r' was submitted with another input"):
+        await client.submit("pgtest", {"dsn": dsn, "size": 2}, run_id="r")
+    durable = workflow.with_checkpoint_store(store)
+    async with durable.start(first, run_id="local") as handler:  # a run started, not submitted
+        await handler.pause()
+    with pytest.raises(bz.CheckpointStoreError, match="'local' is taken by a run that was not"):
+        await client.submit("pgtest", first, run_id="local")
+    async with bz.open_worker(store, [workflow], lease=LEASE, poll_interval=POLL):
+        await answer_all(client, store, ["r"])
+        assert (await client.result("r")).result == expected(1)
+    assert await client.submit("pgtest", first, run_id="r") == "r"  # done: not run again
+    assert (await client.result("r")).result == expected(1)
+    assert set(effects(dsn).values()) == {1}
+    with trio.fail_after(5), pytest.raises(bz.CheckpointStoreError, match="no run 'nobody'"):
+        await client.result("nobody")
+
+
+def quick_workflow() -> bz.Workflow:
+    @bz.step
+    async def answer(ev: bz.StartEvent) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.data)
+
+    return bz.Workflow("quick", [answer])
+
+
+async def test_a_run_waiting_for_input_holds_no_slot_and_any_free_worker_takes_it_up(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    client = bz.WorkflowClient(store)
+    entered = trio.Event()
+    blocker = hanging_workflow(entered, [])
+    workflows = [workflow, quick_workflow(), blocker]
+    options: dict[str, Any] = {"concurrency": 1, "lease": LEASE, "poll_interval": POLL}
+    with trio.fail_after(30):
+        async with bz.open_worker(store, workflows, **options) as first:
+            await client.submit("pgtest", {"dsn": dsn, "size": 1}, run_id="asks")
+            await wait_for(waiting, store, "asks")
+            for n in range(3):  # the one slot is free: the waiting run does not hold it
+                await client.submit("quick", n, run_id=f"quick-{n}")
+                assert (await client.result(f"quick-{n}")).result == n
+            await client.submit("hangs", run_id="busy")
+            await entered.wait()  # `first` is full now
+            assert first.statistics().runs_held == 1
+            async with bz.open_worker(store, workflows, **options) as second:
+                await client.respond("asks", REQUEST_ID, "yes")
+                assert (await client.result("asks")).result == expected(1)
+                assert second.statistics().claimed == 1  # the free worker took it up
+                await client.abort("busy")
