@@ -394,6 +394,15 @@ class _Db:
         )
         return [Lease(run_id, name, owner, epoch) for run_id, name, epoch in rows]
 
+    def take(self, run_id: str, owner: str, lease: float) -> Lease | None:
+        row = self.one(
+            "UPDATE blazen_trio_runs SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
+            "lease_until = clock_timestamp() + make_interval(secs => %s) "
+            f"WHERE run_id = %s AND NOT {_LEASE_LIVE} RETURNING workflow_name, lease_epoch",
+            (owner, lease, run_id),
+        )
+        return None if row is None else Lease(run_id, row[0], owner, row[1])
+
     def renew(self, leases: list[Lease], lease: float) -> set[str]:
         rows = self.execute(
             "UPDATE blazen_trio_runs runs SET lease_until = clock_timestamp() + "
@@ -732,6 +741,9 @@ class PostgresCheckpointStore:
     ) -> builtins.list[Lease]:
         names = sorted(workflows)
         return await self._write(lambda db: db.claim(owner, names, limit, lease))
+
+    async def take(self, run_id: str, owner: str, lease: float) -> Lease | None:
+        return await self._write(lambda db: db.take(run_id, owner, lease))
 
     async def renew(self, leases: Collection[Lease], lease: float) -> set[str]:
         held = builtins.list(leases)

@@ -11,9 +11,6 @@ the old holder's writes are refused from then on.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, final
@@ -25,10 +22,9 @@ from ._codec import decode_event, known_event_types
 from ._errors import CheckpointStoreError, RunFinished, UnknownInputRequest, WorkflowError
 from ._events import InputResponseEvent
 from ._handler import WorkflowHandler
-from ._queue import Control, Lease, RunQueue, is_run_queue
+from ._queue import DEFAULT_LEASE, Control, Lease, RunQueue, is_run_queue, new_owner
 from ._workflow import Workflow
 
-DEFAULT_LEASE = 30.0
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
@@ -112,7 +108,7 @@ class Worker:
             raise ValueError("lease and poll_interval must be > 0 seconds")
         if not drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
-        self.name: str = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name: str = name or new_owner("worker")
         self._concurrency = concurrency
         self._lease = float(lease)
         self._poll_interval = float(poll_interval)

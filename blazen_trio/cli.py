@@ -35,11 +35,12 @@ import trio
 
 from . import __version__
 from ._codec import WorkflowSnapshot, decode_value, resolve_type_path
-from ._errors import RunSuspended, SnapshotError, WorkflowError
+from ._errors import RunHeld, RunSuspended, SnapshotError, WorkflowError
+from ._queue import DEFAULT_LEASE
 from ._records import RunStatus
 from ._sqlite import SqliteCheckpointStore
 from ._stores import FINISHED, CheckpointStore
-from ._worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Worker
+from ._worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_POLL_INTERVAL, Worker
 from ._workflow import Workflow
 
 try:
@@ -336,8 +337,13 @@ def _print_outcome(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any
     return 0
 
 
+# Outcomes of `runs recover` that are no failure: the run is kept as it is, for later.
+_LEFT_AS_IS: dict[type[WorkflowError], str] = {RunSuspended: "suspended", RunHeld: "held"}
+
+
 def _command_runs_recover(args: argparse.Namespace) -> int:
-    """Go on with every unfinished run of a workflow (after a crash); one line per run."""
+    """Go on with every unfinished run of a workflow (after a crash); one line per run. Over
+    PostgreSQL, runs that workers hold are left to them (`"held"`)."""
     workflow = _load_workflow(args.workflow)
 
     async def work(store: CheckpointStore) -> dict[str, Any]:
@@ -346,8 +352,8 @@ def _command_runs_recover(args: argparse.Namespace) -> int:
     status = 0
     for run_id, outcome in _with_store(args, work).items():
         if isinstance(outcome, WorkflowError):
-            kind = "suspended" if isinstance(outcome, RunSuspended) else "failed"
-            status = status if kind == "suspended" else EXIT_FAILED
+            kind = _LEFT_AS_IS.get(type(outcome), "failed")
+            status = status if kind in _LEFT_AS_IS.values() else EXIT_FAILED
             print(json.dumps({"run_id": run_id, kind: str(outcome)}))
         else:
             print(json.dumps({"run_id": run_id, "result": outcome.result}, default=repr))

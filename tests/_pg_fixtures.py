@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+import trio
 from _pg_workflow import EFFECTS_TABLE, close_pools
 
 from blazen_trio.postgres import PostgresCheckpointStore
@@ -34,3 +36,22 @@ def effects(dsn: str) -> dict[str, int]:
     """How many times each step execution (by idempotency key) had its effect."""
     with psycopg.connect(dsn) as connection:
         return dict(connection.execute("SELECT key, executions FROM effects").fetchall())
+
+
+async def row(dsn: str, sql: str, *params: Any) -> Any:
+    """The first row of a query, read in a connection of its own (in a thread)."""
+
+    def read() -> Any:
+        with psycopg.connect(dsn) as connection:
+            return connection.execute(sql, params).fetchone()
+
+    return await trio.to_thread.run_sync(read)
+
+
+async def lease_holder(dsn: str, run_id: str) -> tuple[str | None, int]:
+    """Who holds the run's lease (None: no one) and at which epoch."""
+    found = await row(
+        dsn, "SELECT lease_owner, lease_epoch FROM blazen_trio_runs WHERE run_id = %s", run_id
+    )
+    assert found is not None
+    return found[0], found[1]

@@ -10,13 +10,15 @@ import pathlib
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 import trio
 
+import blazen_trio as bz
 from blazen_trio.cli import main
+from blazen_trio.postgres import PostgresCheckpointStore
 
 TARGET = "examples.word_report:workflow"
 ROOT = pathlib.Path(__file__).parent.parent
@@ -109,16 +111,20 @@ def test_a_durable_run_then_list_show_history_fork_prune(
     assert run(["runs", "list", *args], capsys)[:2] == (0, [])
 
 
-def test_a_run_waiting_for_input_is_kept_answered_and_recovered(
-    tmp_path: pathlib.Path,
-    store_args: list[str],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def asks_module(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`asks:workflow`, importable from the current directory for the test."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "asks.py").write_text(ASKS)
-    status, lines, err = run(["run", "asks:workflow", *store_args, "--run-id", "a1"], capsys)
+    yield "asks:workflow"
+    sys.modules.pop("asks", None)
+
+
+def test_a_run_waiting_for_input_is_kept_answered_and_recovered(
+    asks_module: str, store_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, lines, err = run(["run", asks_module, *store_args, "--run-id", "a1"], capsys)
     assert status == 0
     assert lines[-1] == {"suspended": "a1", "input_requests": ["ship"]}
     assert "runs respond a1" in err
@@ -129,9 +135,23 @@ def test_a_run_waiting_for_input_is_kept_answered_and_recovered(
         ["runs", "respond", "a1", "ship", "--response", '"yes"', *store_args], capsys
     )
     assert status == 0
-    status, lines, _ = run(["runs", "recover", "asks:workflow", *store_args], capsys)
+    status, lines, _ = run(["runs", "recover", asks_module, *store_args], capsys)
     assert (status, lines) == (0, [{"run_id": "a1", "result": "answer: yes"}])
-    sys.modules.pop("asks", None)
+
+
+def test_recover_over_postgres_leaves_runs_that_workers_hold_to_them(
+    asks_module: str, postgres_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    async def held_by_a_worker() -> None:
+        async with PostgresCheckpointStore(postgres_dsn) as store:
+            await bz.WorkflowClient(store).submit("asks", run_id="h")
+            assert await store.claim("a-worker", ["asks"], 1, lease=300) != []
+
+    trio.run(held_by_a_worker)
+    status, lines, _ = run(["runs", "recover", asks_module, "--dsn", postgres_dsn], capsys)
+    assert status == 0
+    assert lines == [{"run_id": "h", "held": str(bz.RunHeld("h"))}]
 
 
 def test_bad_store_arguments_are_one_line_errors(

@@ -19,10 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 import pytest
 import trio
-from _pg_fixtures import LEASE, POLL, effects
+from _pg_fixtures import LEASE, POLL, effects, lease_holder
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 from _postgres import Cluster
 
@@ -151,19 +150,6 @@ async def held_by(dsn: str, run_id: str, owner: str) -> bool:
 
 async def waiting(store: PostgresCheckpointStore, count: int) -> bool:
     return len(await store.list(status=bz.RunStatus.WAITING_FOR_INPUT)) >= count
-
-
-async def lease_holder(dsn: str, run_id: str) -> tuple[str | None, int]:
-    def read() -> tuple[str | None, int]:
-        with psycopg.connect(dsn) as connection:
-            row = connection.execute(
-                "SELECT lease_owner, lease_epoch FROM blazen_trio_runs WHERE run_id = %s",
-                (run_id,),
-            ).fetchone()
-        assert row is not None
-        return row[0], row[1]
-
-    return await trio.to_thread.run_sync(read)
 
 
 async def test_a_zombie_worker_cannot_commit_after_its_lease_was_taken_over(

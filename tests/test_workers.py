@@ -7,16 +7,18 @@ worker, and the old holder's writes are refused (fencing).
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import msgspec
 import pytest
 import trio
 import trio.testing
-from _pg_fixtures import LEASE, POLL, effects
+from _pg_fixtures import LEASE, POLL, effects, lease_holder, row
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 
 import blazen_trio as bz
+import blazen_trio._workflow as bz_workflow
 from blazen_trio.postgres import PostgresCheckpointStore
 
 
@@ -285,3 +287,78 @@ async def test_a_run_waiting_for_input_holds_no_slot_and_any_free_worker_takes_i
                 assert (await client.result("asks")).result == expected(1)
                 assert second.statistics().claimed == 1  # the free worker took it up
                 await client.abort("busy")
+
+
+async def test_recovery_leaves_runs_that_workers_hold_alone_and_leases_the_others(
+    store: PostgresCheckpointStore, dsn: str
+) -> None:
+    entered, executions = trio.Event(), list[int]()
+    hangs = hanging_workflow(entered, executions)
+    client = bz.WorkflowClient(store)
+    await client.submit("hangs", run_id="held")
+    options: dict[str, Any] = {"concurrency": 1, "lease": LEASE, "poll_interval": POLL}
+    with trio.fail_after(30):
+        async with bz.open_worker(store, [hangs], drain_timeout=0, **options):
+            await entered.wait()  # the worker is full: it claims no more
+            held = await lease_holder(dsn, "held")
+            await client.submit("hangs", run_id="stale")
+            [ghost] = await store.claim("ghost", ["hangs"], 1, lease=0.05)  # then it vanished
+            await client.submit("hangs", run_id="free")
+            await wait_for(lease_ran_out, dsn, "stale")
+            async with hangs.open_recovery(store) as handlers:
+                assert set(handlers) == {"stale", "free"}
+                for run_id in handlers:
+                    owner, _ = await lease_holder(dsn, run_id)
+                    assert owner is not None
+                    assert owner.startswith("recovery:")  # workers leave these alone
+                    assert (await handlers[run_id].result()).result == "done"
+            await client.submit("hangs", run_id="later")
+            outcomes = await hangs.recover(store)
+            assert set(outcomes) == {"held", "later"}
+            assert isinstance(outcomes["held"], bz.RunHeld)
+            later = outcomes["later"]
+            assert isinstance(later, bz.WorkflowResult)
+            assert later.result == "done"
+            assert await lease_holder(dsn, "held") == held  # untouched
+            assert await lease_holder(dsn, "later") == (None, 1)  # let go
+    with pytest.raises(bz.CheckpointStoreError, match="was lost"):
+        await store.fenced(ghost).append("stale", bz.JournalRecord(seq=99, at=0.0))
+
+
+async def lease_ran_out(dsn: str, run_id: str) -> bool:
+    sql = "SELECT lease_until < clock_timestamp() FROM blazen_trio_runs WHERE run_id = %s"
+    return bool((await row(dsn, sql, run_id))[0])
+
+
+async def test_a_recovery_renews_its_leases_while_its_runs_go_on(
+    store: PostgresCheckpointStore, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bz_workflow, "DEFAULT_LEASE", 0.3)  # renewed every 0.1 s
+    entered, go_on = trio.Event(), trio.Event()
+
+    @bz.step
+    async def waits(ev: bz.StartEvent) -> bz.StopEvent:
+        entered.set()
+        await go_on.wait()
+        return bz.StopEvent(result="done")
+
+    waiting_workflow = bz.Workflow("waits", [waits])
+    await bz.WorkflowClient(store).submit("waits", run_id="r")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_workflow.recover, store)
+            await entered.wait()
+            owner, epoch = await lease_holder(dsn, "r")
+            (first_until,) = await row(
+                dsn, "SELECT lease_until FROM blazen_trio_runs WHERE run_id = %s", "r"
+            )
+            await wait_for(server_time_past, dsn, first_until + datetime.timedelta(seconds=0.3))
+            assert await store.claim("thief", ["waits"], 1, lease=30) == []  # still held
+            assert await lease_holder(dsn, "r") == (owner, epoch)
+            go_on.set()
+    assert await status_of(store, "r") is bz.RunStatus.COMPLETED
+    assert await lease_holder(dsn, "r") == (None, epoch)
+
+
+async def server_time_past(dsn: str, moment: datetime.datetime) -> bool:
+    return bool((await row(dsn, "SELECT clock_timestamp() > %s", moment))[0])
