@@ -10,6 +10,7 @@ import pytest
 import trio
 from _pg_workflow import EFFECTS_TABLE, close_pools
 
+import blazen_trio as bz
 from blazen_trio.postgres import PostgresCheckpointStore
 
 LEASE, POLL = 1.0, 0.2
@@ -55,3 +56,13 @@ async def lease_holder(dsn: str, run_id: str) -> tuple[str | None, int]:
     )
     assert found is not None
     return found[0], found[1]
+
+
+async def journaled_statuses(store: PostgresCheckpointStore, run_id: str) -> list[bz.RunStatus]:
+    """The run's status after each of its records."""
+    statuses = []
+    for info in await store.history(run_id):
+        snapshot = await store.load(run_id, at=info.seq)
+        assert snapshot is not None
+        statuses.append(snapshot.status)
+    return statuses

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from _pg_fixtures import LEASE, POLL, effects, lease_holder
+from _pg_fixtures import LEASE, POLL, effects, journaled_statuses, lease_holder
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 from _postgres import Cluster
 
@@ -60,13 +60,15 @@ class WorkerProcess:
         self.process = process
 
     @classmethod
-    async def start(cls, dsn: str, *, concurrency: int = 10, lease: float = LEASE) -> WorkerProcess:
+    async def start(
+        cls, dsn: str, *options: str, concurrency: int = 10, lease: float = LEASE
+    ) -> WorkerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
         with LOG.open("ab") as log:  # its stderr: what to read when a test fails
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "blazen_trio", "worker", "--dsn", dsn,
                  "_pg_workflow:workflow", "--concurrency", str(concurrency), "--lease",
-                 str(lease), "--poll-interval", str(POLL)],
+                 str(lease), "--poll-interval", str(POLL), *options],
                 stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(TESTS),
             )  # fmt: skip
         STARTED.append(process)
@@ -239,6 +241,21 @@ async def test_sigterm_pauses_at_the_next_commit_and_lets_go(
             await answer_and_wait(store, run_ids)
     counted = await check_every_run(store, dsn, run_ids, size=4)
     assert all(counted[key] == 1 for key in keys_before)  # nothing committed ran again
+
+
+async def test_sigterm_cancels_the_steps_still_running_after_the_drain_timeout(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    [run_id] = await submit(store, dsn, 1, size=2, delay=3600)  # its `work` steps sleep on
+    worker = await WorkerProcess.start(dsn, "--drain-timeout", "0.2")
+    with trio.fail_after(30):
+        await wait_for(started, store, run_id)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0  # 0.2 s after, not an hour
+    assert await lease_holder(dsn, run_id) == (None, 1)  # let go
+    paused, requeued = (await journaled_statuses(store, run_id))[-2:]
+    assert (paused, requeued) == (bz.RunStatus.PAUSED, bz.RunStatus.RUNNING)  # runnable
+    assert list(effects(dsn)) == [f"{run_id}/fan/1"]  # the cancelled steps committed nothing
 
 
 async def test_workers_ride_through_a_server_restart(

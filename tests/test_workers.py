@@ -14,7 +14,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from _pg_fixtures import LEASE, POLL, effects, lease_holder, row
+from _pg_fixtures import LEASE, POLL, effects, journaled_statuses, lease_holder, row
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 
 import blazen_trio as bz
@@ -184,16 +184,6 @@ def hanging_workflow(entered: trio.Event, executions: list[int]) -> bz.Workflow:
         return bz.StopEvent(result="done")
 
     return bz.Workflow("hangs", [hang])
-
-
-async def journaled_statuses(store: PostgresCheckpointStore, run_id: str) -> list[bz.RunStatus]:
-    """The run's status after each of its records."""
-    statuses = []
-    for info in await store.history(run_id):
-        snapshot = await store.load(run_id, at=info.seq)
-        assert snapshot is not None
-        statuses.append(snapshot.status)
-    return statuses
 
 
 @pytest.fixture
