@@ -518,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "snapshot" if isinstance(exc, SnapshotError) else type(exc).__name__
         return _fail(f"{kind}: {exc}", EXIT_FAILED)
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if _broken_pipe(exc):  # from a task: `worker` printing while it serves
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
         if not _interrupted(exc):
             raise
         return _fail("interrupted", EXIT_INTERRUPTED)
@@ -540,6 +543,11 @@ def _interrupted(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(KeyboardInterrupt) is not None
     return isinstance(exc, KeyboardInterrupt)
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """stdout closed early, seen inside a task's exception group."""
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(BrokenPipeError) is not None
 
 
 def _silence_stdout() -> None:
