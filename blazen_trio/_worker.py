@@ -331,8 +331,9 @@ async def open_worker(
     name: str | None = None,
 ) -> AsyncIterator[Worker]:
     """A `Worker` serving for the block. Leaving it normally shuts the worker down (its runs
-    paused at their next commit and let go of); leaving with an error cancels it (its runs
-    left at their last commit and let go of)."""
+    paused at their next commit, steps still running after `drain_timeout` cancelled, and let
+    go of); leaving with an error cancels it (its runs left at their last commit and let go
+    of)."""
     worker = Worker(
         store,
         workflows,

@@ -365,14 +365,14 @@ class _Recovery:
             return None
         return latest, self.queue.fenced(lease)
 
-    async def keep_leases(self) -> None:
+    async def keep_leases(self, queue: RunQueue) -> None:
         """Renew the leases taken, every third of a lease. A lease lost all the same (this
         process stalled) needs nothing here: the fence refuses the run's next write."""
         while True:
             await trio.sleep(DEFAULT_LEASE / 3)
-            if self.queue is not None and self.leases:
+            if self.leases:
                 with contextlib.suppress(CheckpointStoreError):  # tried again at the next beat
-                    await self.queue.renew(list(self.leases.values()), DEFAULT_LEASE)
+                    await queue.renew(list(self.leases.values()), DEFAULT_LEASE)
 
     async def let_go(self, run_id: str) -> None:
         """Release the run's lease (shielded: bounded by the store's retries)."""
@@ -385,11 +385,15 @@ class _Recovery:
 @asynccontextmanager
 async def _recovering(store: CheckpointStore) -> AsyncIterator[_Recovery]:
     """A `_Recovery` over `store` for the block: its leases renewed meanwhile and let go of
-    at the end. Exceptions leave unwrapped, not in groups."""
-    recovery = _Recovery(store, store if isinstance(store, RunQueue) else None)
+    at the end (no task at all over a store without leases). Exceptions leave unwrapped."""
+    queue = store if isinstance(store, RunQueue) else None
+    recovery = _Recovery(store, queue)
+    if queue is None:
+        yield recovery
+        return
     escaping: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(recovery.keep_leases)
+        nursery.start_soon(recovery.keep_leases, queue)
         try:
             yield recovery
         except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
