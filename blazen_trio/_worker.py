@@ -239,7 +239,8 @@ class Worker:
                         if handler is not None:
                             if held.pausing or self._stopping.is_set():
                                 held.pausing = False
-                                self._start_pause(held, True, cancel_in_flight=self._drain_over)
+                                cancelling = self._drain_over  # opened past drain_timeout
+                                self._start_pause(held, requeue=True, cancel_in_flight=cancelling)
                             with held.waiting, contextlib.suppress(WorkflowError):
                                 await handler.result()
                 except CheckpointStoreError:
