@@ -117,10 +117,26 @@ class Cluster:
             as_user,
             options,
         )
-        cluster._pg_ctl_start()
+        cluster.bring_up()
         return cluster
 
-    def _pg_ctl_start(self) -> None:
+    def restart(self) -> None:
+        """Stop the server (fast: connections are cut) and start it again, the same way."""
+        self.take_down()
+        self.bring_up()
+
+    def take_down(self) -> None:
+        """Stop the server, keeping its data (`bring_up` starts it again)."""
+        assert self.pg_ctl is not None
+        assert self.directory is not None
+        subprocess.run(
+            [*self.as_user, self.pg_ctl, "-D", str(self.directory / "data"), "-m", "fast", "-w",
+             "stop"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def bring_up(self) -> None:
+        """Start the server on its data directory, port and options."""
         assert self.pg_ctl is not None
         assert self.directory is not None
         subprocess.run(
@@ -128,20 +144,6 @@ class Cluster:
              "-l", str(self.directory / "log"), "-w", "start"],
             check=True, capture_output=True,
         )  # fmt: skip
-
-    def restart(self, *, down_for: float = 0.0) -> None:
-        """Stop the server (fast: connections are cut) and start it again, the same way."""
-        assert self.pg_ctl is not None
-        assert self.directory is not None
-        data = str(self.directory / "data")
-        subprocess.run(
-            [*self.as_user, self.pg_ctl, "-D", data, "-m", "fast", "-w", "stop"],
-            check=True,
-            capture_output=True,
-        )
-        if down_for:
-            subprocess.run(["sleep", str(down_for)], check=True)
-        self._pg_ctl_start()
 
     def stop(self) -> None:
         if self.pg_ctl is None or self.directory is None:

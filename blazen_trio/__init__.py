@@ -14,6 +14,7 @@ from ._errors import (
     NoHandler as NoHandler,
     RunCrashed as RunCrashed,
     RunFinished as RunFinished,
+    RunHeld as RunHeld,
     RunSuspended as RunSuspended,
     SessionRefError as SessionRefError,
     SessionRefsNotSerializable as SessionRefsNotSerializable,

@@ -51,10 +51,12 @@ class WorkflowClient:
     ) -> str:
         """Store a new run of `workflow_name` for a worker to claim; returns its run id.
 
-        Idempotent by run id: submitting an id that exists changes nothing (whatever the
-        input), so a retried submit never starts a run twice. `input` is the start event if it
-        is an Event, else `StartEvent(data=input)`; it is encoded here (`SnapshotError` if it
-        cannot be). `CheckpointStoreError` if the id is taken by another workflow's run.
+        Idempotent by run id: submitting again an id already submitted with the same workflow
+        and input changes nothing (whatever the run has done since), so a retried submit never
+        starts a run twice. `CheckpointStoreError` if the id is taken otherwise: by another
+        workflow's run, by a run not submitted (started by `wf.run` in some process), or by a
+        submission of another input. `input` is the start event if it is an Event, else
+        `StartEvent(data=input)`; it is encoded here (`SnapshotError` if it cannot be).
         """
         if not isinstance(workflow_name, str) or not workflow_name:
             raise TypeError(f"workflow_name must be a non-empty str, got {workflow_name!r}")

@@ -156,6 +156,22 @@ class RunSuspended(WorkflowError):
             super().__init__(f"run {run_id} is paused in its store; resume it from there")
 
 
+class RunHeld(WorkflowError):
+    """Recovery left this run alone: another process holds it under a live lease.
+
+    Caused by a `Worker` (or another recovery) driving the run right now, over a store that
+    hands runs out (PostgreSQL); that holder goes on with it, so nothing is wrong. Recover it
+    later if its holder dies: once the lease runs out, a worker or a recovery takes it.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id} was left alone: a worker (or another recovery) holds it under a "
+            "live lease and goes on with it"
+        )
+
+
 class RunCrashed(WorkflowError):
     """Something escaped the run's own error handling; the original is the `__cause__`.
 

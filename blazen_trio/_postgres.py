@@ -39,7 +39,7 @@ from ._codec import (
 )
 from ._errors import CheckpointStoreError, RunFinished, SnapshotError, UnknownInputRequest
 from ._journal import fold
-from ._queue import Control, ControlOp, Lease
+from ._queue import SUBMITTED_START_KEY, Control, ControlOp, Lease
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
     AUTO,
@@ -358,12 +358,28 @@ class _Db:
         if row is not None:
             self.notify()
             return
-        (taken,) = self.one(
-            "SELECT workflow_name FROM blazen_trio_runs WHERE run_id = %s", (snapshot.run_id,)
+        self.check_resubmitted(snapshot)
+
+    def check_resubmitted(self, snapshot: WorkflowSnapshot) -> None:
+        """A run id submitted again: fine (nothing to do) if it names the same submission;
+        refused if the id is another workflow's, a run not submitted, or another input's."""
+        run_id = snapshot.run_id
+        taken, managed, data = self.one(
+            "SELECT workflow_name, managed, base FROM blazen_trio_runs WHERE run_id = %s",
+            (run_id,),
         )
         if taken != snapshot.workflow_name:
+            raise CheckpointStoreError(f"run id {run_id!r} is taken by a run of workflow {taken!r}")
+        if not managed:
             raise CheckpointStoreError(
-                f"run id {snapshot.run_id!r} is taken by a run of workflow {taken!r}"
+                f"run id {run_id!r} is taken by a run that was not submitted (started in a process)"
+            )
+        base = self.decode(run_id, "the base snapshot", WorkflowSnapshot.from_bytes, data)
+        start = base.metadata.get(SUBMITTED_START_KEY)
+        if start is not None and start != snapshot.metadata.get(SUBMITTED_START_KEY):
+            raise CheckpointStoreError(
+                f"run id {run_id!r} was submitted with another input: a submit is idempotent "
+                "only with the same workflow and input"
             )
 
     def claim(self, owner: str, workflows: list[str], limit: int, lease: float) -> list[Lease]:
@@ -378,6 +394,15 @@ class _Db:
             (owner, lease, workflows, limit),
         )
         return [Lease(run_id, name, owner, epoch) for run_id, name, epoch in rows]
+
+    def take(self, run_id: str, owner: str, lease: float) -> Lease | None:
+        row = self.one(
+            "UPDATE blazen_trio_runs SET lease_owner = %s, lease_epoch = lease_epoch + 1, "
+            "lease_until = clock_timestamp() + make_interval(secs => %s) "
+            f"WHERE run_id = %s AND NOT {_LEASE_LIVE} RETURNING workflow_name, lease_epoch",
+            (owner, lease, run_id),
+        )
+        return None if row is None else Lease(run_id, row[0], owner, row[1])
 
     def renew(self, leases: list[Lease], lease: float) -> set[str]:
         rows = self.execute(
@@ -536,11 +561,12 @@ class _CommitUnknown(Exception):
 
 
 def _label(dsn: str) -> str:
-    """The server and database a DSN names, without credentials (for messages)."""
+    """The server and database a DSN names, without credentials (for messages); a DSN that
+    does not parse is refused at once rather than retried as if the server were away."""
     try:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "postgresql (unparsable DSN)"
+    except psycopg.Error as exc:
+        raise CheckpointStoreError(f"checkpoint store: not a PostgreSQL DSN: {exc}") from exc
     host = parts.get("host") or "localhost"
     port = parts.get("port") or "5432"
     return f"postgresql://{host}:{port}/{parts.get('dbname') or ''}"
@@ -609,7 +635,8 @@ class PostgresCheckpointStore:
     cancelled (shielded), so a caller always learns whether its record landed.
 
     Unreachable server: an operation whose connection fails is tried again (with back-off) for
-    up to `retry_for` seconds, then raises `CheckpointStoreError`. A write whose COMMIT was cut
+    up to `retry_for` seconds, then raises `CheckpointStoreError` (at once for a `dsn` that
+    does not parse). A write whose COMMIT was cut
     off is checked on the next try (an append finds its own record and counts as done).
     `pool_size` bounds the connections, and so the operations at once. `clock` gives the times
     the store records (`RunInfo`) and `prune` compares with; leases use the server's clock.
@@ -627,8 +654,8 @@ class PostgresCheckpointStore:
     ) -> None:
         if type(pool_size) is not int or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
-        self._dsn = dsn
         self._label = _label(dsn)
+        self._dsn = dsn
         self._compact_every = check_compact_every(compact_every)
         self._clock = clock
         self._retry_for = float(retry_for)
@@ -656,7 +683,11 @@ class PostgresCheckpointStore:
         return f"<PostgresCheckpointStore {self._label}>"
 
     async def __aenter__(self) -> Self:
-        await self._ensure_ready()
+        try:
+            await self._ensure_ready()
+        except BaseException:  # no `__aexit__` follows: the pool's threads must not linger
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -721,6 +752,9 @@ class PostgresCheckpointStore:
     ) -> builtins.list[Lease]:
         names = sorted(workflows)
         return await self._write(lambda db: db.claim(owner, names, limit, lease))
+
+    async def take(self, run_id: str, owner: str, lease: float) -> Lease | None:
+        return await self._write(lambda db: db.take(run_id, owner, lease))
 
     async def renew(self, leases: Collection[Lease], lease: float) -> set[str]:
         held = builtins.list(leases)

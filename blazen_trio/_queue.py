@@ -6,6 +6,9 @@ clients speak only this protocol, so they import no database driver.
 """
 
 import builtins  # `list` is a method name of the stores
+import os
+import socket
+import uuid
 from collections.abc import Collection
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -19,7 +22,15 @@ SUBMITTED_START_KEY: Final = "__blazen_submitted_start"
 """Base snapshot metadata of a submitted run: its start event (an `EncodedEvent` as builtins),
 routed by the worker that first claims it."""
 
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a claim lasts without a heartbeat (workers renew every third of it)."""
+
 ControlOp = Literal["pause", "resume", "abort", "respond"]
+
+
+def new_owner(kind: str) -> str:
+    """A lease owner's name, unique to this process and call: `kind:host:pid:random`."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @attrs.frozen
@@ -51,15 +62,20 @@ class RunQueue(Protocol):
     """A checkpoint store that hands runs out to workers under fenced leases."""
 
     async def submit(self, snapshot: WorkflowSnapshot) -> None:
-        """Store a new runnable run (its base) unless its run id exists (idempotent).
+        """Store a new runnable run (its base) unless the same submission exists (idempotent).
 
-        Raises `CheckpointStoreError` if the id is taken by a run of another workflow.
+        Raises `CheckpointStoreError` if the id is taken by a run of another workflow, by a run
+        not submitted, or by a submission of another start event.
         """
 
     async def claim(
         self, owner: str, workflows: Collection[str], limit: int, lease: float
     ) -> builtins.list[Lease]:
         """Take up to `limit` runnable runs of these workflows whose lease is free or expired."""
+
+    async def take(self, run_id: str, owner: str, lease: float) -> Lease | None:
+        """Claim this one run, whatever its status, unless it is held under a live lease
+        (None then); a recovery takes the runs it goes on with this way."""
 
     async def renew(self, leases: Collection[Lease], lease: float) -> set[str]:
         """Extend the leases still held; returns the run ids held (the others were lost)."""

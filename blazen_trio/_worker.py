@@ -11,9 +11,6 @@ the old holder's writes are refused from then on.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, final
@@ -25,11 +22,11 @@ from ._codec import decode_event, known_event_types
 from ._errors import CheckpointStoreError, RunFinished, UnknownInputRequest, WorkflowError
 from ._events import InputResponseEvent
 from ._handler import WorkflowHandler
-from ._queue import Control, Lease, RunQueue, is_run_queue
+from ._queue import DEFAULT_LEASE, Control, Lease, RunQueue, is_run_queue, new_owner
 from ._workflow import Workflow
 
-DEFAULT_LEASE = 30.0
 DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 @final
@@ -74,7 +71,9 @@ class Worker:
 
     `await worker.shutdown()` (what `blazen-trio worker` does on SIGTERM): stop claiming,
     pause the runs held at their next commit (running steps finish), let go of them, runnable
-    for any other worker; `serve` then returns.
+    for any other worker; `serve` then returns. Steps still running `drain_timeout` seconds
+    after the shutdown began are cancelled (`pause(cancel_in_flight=True)`: their effects undone,
+    to run again wherever the run goes on), so a step that never ends cannot hold the exit.
     """
 
     def __init__(
@@ -85,6 +84,7 @@ class Worker:
         concurrency: int = 10,
         lease: float = DEFAULT_LEASE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         name: str | None = None,
     ) -> None:
         if not is_run_queue(store):
@@ -106,15 +106,19 @@ class Worker:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if not lease > 0 or not poll_interval > 0:
             raise ValueError("lease and poll_interval must be > 0 seconds")
-        self.name: str = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if not drain_timeout >= 0:
+            raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
+        self.name: str = name or new_owner("worker")
         self._concurrency = concurrency
         self._lease = float(lease)
         self._poll_interval = float(poll_interval)
+        self._drain_timeout = float(drain_timeout)
         self._held: dict[str, _Held] = {}
         self._claim_wake = trio.Event()
         self._control_wake = trio.Event()
         self._stopping = trio.Event()
         self._stopped = trio.Event()
+        self._drain_over = False  # past drain_timeout: runs opened from now on pause cancelling
         self._serving = False
         self._runs_nursery: trio.Nursery | None = None
         self._claimed = self._let_go = self._lost = 0
@@ -146,13 +150,15 @@ class Worker:
                     await self._claim_until_stopped(runs)
                     for held in list(self._held.values()):
                         self._start_pause(held, requeue=True)
+                    background.start_soon(self._end_the_drain)
                 background.cancel_scope.cancel(reason="the worker stopped")
         finally:
             self._stopped.set()
 
     async def shutdown(self) -> None:
-        """Stop claiming, pause the runs held at their next commit, let go of them (runnable
-        for any worker) and return once `serve` has returned."""
+        """Stop claiming, pause the runs held at their next commit (steps still running after
+        `drain_timeout` are cancelled), let go of them (runnable for any worker) and return
+        once `serve` has returned."""
         self._stopping.set()
         self._poke()
         await self._stopped.wait()
@@ -233,7 +239,8 @@ class Worker:
                         if handler is not None:
                             if held.pausing or self._stopping.is_set():
                                 held.pausing = False
-                                self._start_pause(held, requeue=True)
+                                cancelling = self._drain_over  # opened past drain_timeout
+                                self._start_pause(held, requeue=True, cancel_in_flight=cancelling)
                             with held.waiting, contextlib.suppress(WorkflowError):
                                 await handler.result()
                 except CheckpointStoreError:
@@ -251,20 +258,29 @@ class Worker:
                 with trio.CancelScope(shield=True), contextlib.suppress(CheckpointStoreError):
                     await self._queue.release(lease, requeue=held.requeue)
 
-    def _start_pause(self, held: _Held, requeue: bool) -> None:
+    def _start_pause(self, held: _Held, requeue: bool, cancel_in_flight: bool = False) -> None:
         assert self._runs_nursery is not None  # set before any run is claimed
-        self._runs_nursery.start_soon(self._pause, held, requeue)
+        self._runs_nursery.start_soon(self._pause, held, requeue, cancel_in_flight)
 
-    async def _pause(self, held: _Held, requeue: bool) -> None:
-        """Pause at the next commit (running steps finish), then let go of the run."""
+    async def _pause(self, held: _Held, requeue: bool, cancel_in_flight: bool) -> None:
+        """Pause at the next commit (running steps finish, or with `cancel_in_flight` are
+        cancelled), then let go of the run."""
         held.requeue = held.requeue or requeue
         if held.handler is None:  # not opened yet: paused as soon as it is
             held.pausing = True
             await trio.lowlevel.checkpoint()
             return
         with contextlib.suppress(WorkflowError):  # ended (or was resumed) meanwhile
-            await held.handler.pause()
+            await held.handler.pause(cancel_in_flight=cancel_in_flight)
         held.waiting.cancel(reason="paused: the worker lets go of the run")
+
+    async def _end_the_drain(self) -> None:
+        """Past `drain_timeout`, cancel the steps of the runs still draining (a second pause,
+        in cancel mode, of a run already pausing), so the worker lets go of them and exits."""
+        await trio.sleep(self._drain_timeout)
+        self._drain_over = True
+        for held in list(self._held.values()):
+            self._start_pause(held, requeue=True, cancel_in_flight=True)
 
     # -- controls from clients ---------------------------------------------------------------
 
@@ -312,17 +328,20 @@ async def open_worker(
     concurrency: int = 10,
     lease: float = DEFAULT_LEASE,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     name: str | None = None,
 ) -> AsyncIterator[Worker]:
     """A `Worker` serving for the block. Leaving it normally shuts the worker down (its runs
-    paused at their next commit and let go of); leaving with an error cancels it (its runs
-    left at their last commit and let go of)."""
+    paused at their next commit, steps still running after `drain_timeout` cancelled, and let
+    go of); leaving with an error cancels it (its runs left at their last commit and let go
+    of)."""
     worker = Worker(
         store,
         workflows,
         concurrency=concurrency,
         lease=lease,
         poll_interval=poll_interval,
+        drain_timeout=drain_timeout,
         name=name,
     )
     async with trio.open_nursery() as nursery:

@@ -29,6 +29,7 @@ from ._codec import (
 )
 from ._errors import (
     CheckpointStoreError,
+    RunHeld,
     RunSuspended,
     SnapshotError,
     ValidationError,
@@ -45,7 +46,7 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._queue import SUBMITTED_START_KEY
+from ._queue import DEFAULT_LEASE, SUBMITTED_START_KEY, Lease, RunQueue, new_owner
 from ._records import (
     EncodedEvent,
     PendingEvent,
@@ -287,6 +288,8 @@ def _with_subclasses(types: Iterable[type[Event]]) -> set[type[Event]]:
 
 # A durable run left in one of these states is kept in its store, not aborted.
 _KEPT_WHEN_LEFT = frozenset({RunStatus.PAUSED, RunStatus.WAITING_FOR_INPUT})
+# Recovery goes on with the runs in these states.
+_RECOVERABLE = (RunStatus.RUNNING, RunStatus.WAITING_FOR_INPUT)
 
 
 def _leave_held(run: Run, escaping: BaseException | None, nursery: trio.Nursery) -> None:
@@ -325,6 +328,79 @@ async def _driven(
             leave(run, escaping, nursery)
     except BaseExceptionGroup as group:  # KeyboardInterrupt in a step, say: not a group
         raise only_exception(group) from None
+    if escaping is not None:
+        raise escaping
+
+
+@attrs.define(eq=False)
+class _Recovery:
+    """The runs one recovery goes on with, and the store each is written through.
+
+    Over a store that hands runs out to workers (`queue`), each run is taken under a lease of
+    the recovery's own, written through a store fenced by it, renewed while the recovery goes
+    on (`keep_leases`) and let go of at the end: a run held under another live lease is left
+    alone (`RunHeld`), and workers leave alone the runs taken. Over any other store, every
+    run is taken as it is.
+    """
+
+    store: CheckpointStore
+    queue: RunQueue | None
+    owner: str = attrs.Factory(lambda: new_owner("recovery"))
+    leases: dict[str, Lease] = attrs.Factory(dict)
+
+    async def take(
+        self, snapshot: WorkflowSnapshot
+    ) -> tuple[WorkflowSnapshot, CheckpointStore] | RunHeld | None:
+        """The run to go on with (its latest snapshot and store), `RunHeld`, or None if a
+        worker moved it on, out of recovery's reach, before it was taken."""
+        if self.queue is None:
+            return snapshot, self.store
+        lease = await self.queue.take(snapshot.run_id, self.owner, DEFAULT_LEASE)
+        if lease is None:
+            return RunHeld(snapshot.run_id)
+        self.leases[lease.run_id] = lease
+        latest = await self.store.load(snapshot.run_id)
+        if latest is None or latest.status not in _RECOVERABLE:
+            await self.let_go(snapshot.run_id)
+            return None
+        return latest, self.queue.fenced(lease)
+
+    async def keep_leases(self, queue: RunQueue) -> None:
+        """Renew the leases taken, every third of a lease. A lease lost all the same (this
+        process stalled) needs nothing here: the fence refuses the run's next write."""
+        while True:
+            await trio.sleep(DEFAULT_LEASE / 3)
+            if self.leases:
+                with contextlib.suppress(CheckpointStoreError):  # tried again at the next beat
+                    await queue.renew(list(self.leases.values()), DEFAULT_LEASE)
+
+    async def let_go(self, run_id: str) -> None:
+        """Release the run's lease (shielded: bounded by the store's retries)."""
+        lease = self.leases.pop(run_id, None)
+        if self.queue is not None and lease is not None:
+            with trio.CancelScope(shield=True), contextlib.suppress(CheckpointStoreError):
+                await self.queue.release(lease)
+
+
+@asynccontextmanager
+async def _recovering(store: CheckpointStore) -> AsyncIterator[_Recovery]:
+    """A `_Recovery` over `store` for the block: its leases renewed meanwhile and let go of
+    at the end (no task at all over a store without leases). Exceptions leave unwrapped."""
+    queue = store if isinstance(store, RunQueue) else None
+    recovery = _Recovery(store, queue)
+    if queue is None:
+        yield recovery
+        return
+    escaping: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recovery.keep_leases, queue)
+        try:
+            yield recovery
+        except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+            escaping = exc
+        for run_id in list(recovery.leases):
+            await recovery.let_go(run_id)
+        nursery.cancel_scope.cancel(reason="the recovery ended")
     if escaping is not None:
         raise escaping
 
@@ -546,25 +622,41 @@ class Workflow:
         `WorkflowError` (`RunSuspended` for a run still waiting for input). Only the steps
         that were in flight when the runs stopped run again. Paused runs are left alone:
         resume one with `run(resume=await store.load(run_id))`.
+
+        Over a store that hands runs out to workers (PostgreSQL), each run is taken under a
+        lease of its own for as long as it goes on here, so workers leave it alone; a run a
+        worker holds under a live lease is left to it (its outcome is `RunHeld`).
         """
         durable = self._store_for_recovery(store)
         outcomes: dict[str, WorkflowResult | WorkflowError] = {}
 
-        async def go_on(snapshot: WorkflowSnapshot) -> None:
-            if snapshot.status is RunStatus.WAITING_FOR_INPUT and not snapshot.input_responses:
-                requests = [str(item.payload.get("request_id")) for item in snapshot.input_requests]
-                outcomes[snapshot.run_id] = RunSuspended(snapshot.run_id, requests)
-                return
+        async def go_on(
+            snapshot: WorkflowSnapshot, run_store: CheckpointStore, recovery: _Recovery
+        ) -> None:
             try:
-                run = await self._open(None, snapshot, None, False, None, durable)
+                if snapshot.status is RunStatus.WAITING_FOR_INPUT and not snapshot.input_responses:
+                    requests = [
+                        str(item.payload.get("request_id")) for item in snapshot.input_requests
+                    ]
+                    outcomes[snapshot.run_id] = RunSuspended(snapshot.run_id, requests)
+                    return
+                run = await self._open_stored(run_store, snapshot.run_id)
+                if run is None:  # it finished meanwhile (a worker went on with it)
+                    return
                 await run.drive(run.opening_work)
                 outcomes[snapshot.run_id] = run.unwrap()
             except WorkflowError as error:
                 outcomes[snapshot.run_id] = error
+            finally:
+                await recovery.let_go(snapshot.run_id)
 
-        async with trio.open_nursery() as nursery:
+        async with _recovering(durable) as recovery, trio.open_nursery() as nursery:
             for snapshot in await self._recoverable(durable):
-                nursery.start_soon(go_on, snapshot)
+                taken = await recovery.take(snapshot)
+                if isinstance(taken, RunHeld):
+                    outcomes[snapshot.run_id] = taken
+                elif taken is not None:
+                    nursery.start_soon(go_on, *taken, recovery)
         return outcomes
 
     @asynccontextmanager
@@ -573,14 +665,19 @@ class Workflow:
     ) -> AsyncIterator[dict[str, WorkflowHandler]]:
         """`recover`, with a handler per run going on (run id -> handler) for the block.
 
-        Leaving the block aborts the runs still going, as leaving `start` does.
+        Leaving the block aborts the runs still going, as leaving `start` does. Over a store
+        that hands runs out, the runs held under leases are left out (see `recover`).
         """
         durable = self._store_for_recovery(store)
-        async with contextlib.AsyncExitStack() as stack:
+        async with _recovering(durable) as recovery, contextlib.AsyncExitStack() as stack:
             handlers = {}
             for snapshot in await self._recoverable(durable):
-                run = await self._open(None, snapshot, None, False, None, durable)
-                handlers[run.run_id] = await stack.enter_async_context(self._hold(run))
+                taken = await recovery.take(snapshot)
+                if not isinstance(taken, tuple):
+                    continue  # a worker holds it, or went on with it out of recovery's reach
+                run = await self._open_stored(taken[1], snapshot.run_id)
+                if run is not None:
+                    handlers[run.run_id] = await stack.enter_async_context(self._hold(run))
             yield handlers
 
     @asynccontextmanager
@@ -602,8 +699,9 @@ class Workflow:
             yield handler
 
     async def _open_stored(self, store: CheckpointStore, run_id: str) -> Run | None:
-        """A stored run to go on with: a submitted one starts from the start event in its base's
-        metadata; one already started goes on from its last record. None if it is finished."""
+        """A stored run to go on with (claimed by a worker, or recovered): a submitted one
+        starts from the start event in its base's metadata; one already started goes on from
+        its last record. None if it is finished."""
         snapshot = await store.load(run_id)
         if snapshot is None or snapshot.status in FINISHED:
             return None
@@ -628,9 +726,8 @@ class Workflow:
         return durable
 
     async def _recoverable(self, store: CheckpointStore) -> list[WorkflowSnapshot]:
-        unfinished = (RunStatus.RUNNING, RunStatus.WAITING_FOR_INPUT)
         snapshots = []
-        for info in await store.list(workflow=self.name, status=unfinished):
+        for info in await store.list(workflow=self.name, status=_RECOVERABLE):
             snapshot = await store.load(info.run_id)
             if snapshot is not None and PARENT_RUN_METADATA_KEY not in snapshot.metadata:
                 snapshots.append(snapshot)

@@ -35,11 +35,12 @@ import trio
 
 from . import __version__
 from ._codec import WorkflowSnapshot, decode_value, resolve_type_path
-from ._errors import RunSuspended, SnapshotError, WorkflowError
+from ._errors import RunHeld, RunSuspended, SnapshotError, WorkflowError
+from ._queue import DEFAULT_LEASE
 from ._records import RunStatus
 from ._sqlite import SqliteCheckpointStore
 from ._stores import FINISHED, CheckpointStore
-from ._worker import DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Worker
+from ._worker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_POLL_INTERVAL, Worker
 from ._workflow import Workflow
 
 try:
@@ -184,18 +185,24 @@ def _store_hint(args: argparse.Namespace) -> str:
 
 
 def _command_worker(args: argparse.Namespace) -> int:
-    """Claim and drive runs until SIGTERM or Ctrl-C, then pause them and let go (exit 0)."""
+    """Claim and drive runs until SIGTERM or Ctrl-C, then pause them and let go (exit 0);
+    steps still running after `--drain-timeout` are cancelled, to run again elsewhere."""
     workflows = [_load_workflow(target) for target in args.workflows]
+    store = _postgres_store(args.dsn)
+    try:  # checked before the server is asked anything
+        worker = Worker(
+            store,
+            workflows,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            poll_interval=args.poll_interval,
+            drain_timeout=args.drain_timeout,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
     async def main() -> None:
-        async with _postgres_store(args.dsn) as store:
-            worker = Worker(
-                store,
-                workflows,
-                concurrency=args.concurrency,
-                lease=args.lease,
-                poll_interval=args.poll_interval,
-            )
+        async with store:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(worker.serve)
@@ -330,8 +337,13 @@ def _print_outcome(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any
     return 0
 
 
+# Outcomes of `runs recover` that are no failure: the run is kept as it is, for later.
+_LEFT_AS_IS: dict[type[WorkflowError], str] = {RunSuspended: "suspended", RunHeld: "held"}
+
+
 def _command_runs_recover(args: argparse.Namespace) -> int:
-    """Go on with every unfinished run of a workflow (after a crash); one line per run."""
+    """Go on with every unfinished run of a workflow (after a crash); one line per run. Over
+    PostgreSQL, runs that workers hold are left to them (`"held"`)."""
     workflow = _load_workflow(args.workflow)
 
     async def work(store: CheckpointStore) -> dict[str, Any]:
@@ -340,8 +352,8 @@ def _command_runs_recover(args: argparse.Namespace) -> int:
     status = 0
     for run_id, outcome in _with_store(args, work).items():
         if isinstance(outcome, WorkflowError):
-            kind = "suspended" if isinstance(outcome, RunSuspended) else "failed"
-            status = status if kind == "suspended" else EXIT_FAILED
+            kind = _LEFT_AS_IS.get(type(outcome), "failed")
+            status = status if kind in _LEFT_AS_IS.values() else EXIT_FAILED
             print(json.dumps({"run_id": run_id, kind: str(outcome)}))
         else:
             print(json.dumps({"run_id": run_id, "result": outcome.result}, default=repr))
@@ -481,6 +493,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="poll seconds"
     )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        help="on SIGTERM, seconds running steps may take to finish before they are cancelled",
+    )
     worker.set_defaults(handle=_command_worker)
     return parser
 
@@ -500,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "snapshot" if isinstance(exc, SnapshotError) else type(exc).__name__
         return _fail(f"{kind}: {exc}", EXIT_FAILED)
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if _broken_pipe(exc):  # from a task: `worker` printing while it serves
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
         if not _interrupted(exc):
             raise
         return _fail("interrupted", EXIT_INTERRUPTED)
@@ -522,6 +543,11 @@ def _interrupted(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(KeyboardInterrupt) is not None
     return isinstance(exc, KeyboardInterrupt)
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """stdout closed early, seen inside a task's exception group."""
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(BrokenPipeError) is not None
 
 
 def _silence_stdout() -> None:

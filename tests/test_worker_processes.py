@@ -10,19 +10,16 @@ import json
 import os
 import pathlib
 import random
-import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any
 
-import psycopg
 import pytest
 import trio
-from _pg_fixtures import LEASE, POLL, effects
+from _pg_fixtures import LEASE, POLL, effects, journaled_statuses, lease_holder
 from _pg_workflow import REQUEST_ID, expected, expected_keys, workflow
 from _postgres import Cluster
 
@@ -33,44 +30,42 @@ TESTS = pathlib.Path(__file__).parent
 FINISHED = {bz.RunStatus.COMPLETED, bz.RunStatus.FAILED, bz.RunStatus.ABORTED}
 
 
-STARTED: list[trio.Process] = []
 LOG = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "blazen-trio-test-workers.log"
 
 
-@pytest.fixture(autouse=True)
-async def no_worker_left_behind(dsn: str) -> AsyncIterator[None]:
-    """A test that fails midway must not leave worker processes running: those it started,
-    and, as a net under those, any process whose command line names this test's schema."""
-    yield
-    for process in STARTED:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
-    STARTED.clear()
-    schema = re.search(r"search_path=(\w+)", dsn)
-    if schema is not None and shutil.which("pkill"):
-        await trio.run_process(["pkill", "-KILL", "-f", schema.group(1)], check=False)
+@pytest.fixture
+async def processes(dsn: str) -> AsyncIterator[WorkerProcesses]:
+    """Starts worker processes for the test and kills those still running at its end, passed
+    or failed. Requested by each test that starts one: pytest-trio runs only the async fixtures
+    a test requests (directly or through its fixtures), so an `autouse` one never ran, and
+    workers of failed tests outlived them. If the test process itself is killed, they die with
+    it (tests/_worker_child.py)."""
+    started = WorkerProcesses(dsn)
+    yield started
+    await started.kill_all()
 
 
-class WorkerProcess:
-    """`blazen-trio worker` in a child process, started and waited for with Trio."""
+async def close_pipes(process: trio.Process) -> None:
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            await pipe.aclose()
 
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
 
-    @classmethod
-    async def start(cls, dsn: str, *, concurrency: int = 10, lease: float = LEASE) -> WorkerProcess:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-        with LOG.open("ab") as log:  # its stderr: what to read when a test fails
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "blazen_trio", "worker", "--dsn", dsn,
-                 "_pg_workflow:workflow", "--concurrency", str(concurrency), "--lease",
-                 str(lease), "--poll-interval", str(POLL)],
-                stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(TESTS),
-            )  # fmt: skip
-        STARTED.append(process)
+class WorkerProcesses:
+    """The `blazen-trio worker` processes one test started, on its database."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.started: list[trio.Process] = []
+
+    async def start(
+        self, *options: str, concurrency: int = 10, lease: float = LEASE
+    ) -> WorkerProcess:
+        """A worker, once it says it serves; its stderr goes to LOG."""
+        with LOG.open("ab") as log:  # what to read when a test fails
+            process = await self.spawn(
+                "--concurrency", str(concurrency), "--lease", str(lease), *options, stderr=log
+            )
         assert process.stdout is not None
         with trio.fail_after(30):
             line = b""
@@ -79,7 +74,33 @@ class WorkerProcess:
                 assert chunk, "the worker exited before serving"
                 line += chunk
         assert json.loads(line.split(b"\n")[0])["serving"] == ["pgtest"]
-        return cls(process)
+        return WorkerProcess(process)
+
+    async def spawn(self, *options: str, stderr: int | IO[bytes]) -> trio.Process:
+        """The worker process, tracked for the teardown, with its stdin and stdout pipes."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+        process = await trio.lowlevel.open_process(
+            [sys.executable, str(TESTS / "_worker_child.py"), "worker", "--dsn", self.dsn,
+             "_pg_workflow:workflow", "--poll-interval", str(POLL), *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+            cwd=str(TESTS),
+        )  # fmt: skip
+        self.started.append(process)
+        return process
+
+    async def kill_all(self) -> None:
+        for process in self.started:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            await close_pipes(process)
+
+
+class WorkerProcess:
+    """`blazen-trio worker` in a child process, signalled and waited for with Trio."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
 
     def signal(self, signum: int) -> None:
         if self.process.returncode is None:
@@ -88,8 +109,7 @@ class WorkerProcess:
     async def wait(self) -> int:
         with trio.fail_after(30):
             code = await self.process.wait()
-        assert self.process.stdout is not None
-        await self.process.stdout.aclose()
+        await close_pipes(self.process)
         return code
 
 
@@ -153,26 +173,13 @@ async def waiting(store: PostgresCheckpointStore, count: int) -> bool:
     return len(await store.list(status=bz.RunStatus.WAITING_FOR_INPUT)) >= count
 
 
-async def lease_holder(dsn: str, run_id: str) -> tuple[str | None, int]:
-    def read() -> tuple[str | None, int]:
-        with psycopg.connect(dsn) as connection:
-            row = connection.execute(
-                "SELECT lease_owner, lease_epoch FROM blazen_trio_runs WHERE run_id = %s",
-                (run_id,),
-            ).fetchone()
-        assert row is not None
-        return row[0], row[1]
-
-    return await trio.to_thread.run_sync(read)
-
-
 async def test_a_zombie_worker_cannot_commit_after_its_lease_was_taken_over(
-    dsn: str, store: PostgresCheckpointStore
+    dsn: str, store: PostgresCheckpointStore, processes: WorkerProcesses
 ) -> None:
     """SIGSTOP a worker past its lease; another reclaims the run; SIGCONT: the zombie's
     commits are refused and the run's journal is not forked."""
     [run_id] = await submit(store, dsn, 1, size=4, delay=0.4)
-    zombie = await WorkerProcess.start(dsn)
+    zombie = await processes.start()
     with trio.fail_after(60):
         await wait_for(started, store, run_id)
         zombie.signal(signal.SIGSTOP)  # mid-step: two `work` invocations are sleeping
@@ -198,11 +205,11 @@ async def test_a_zombie_worker_cannot_commit_after_its_lease_was_taken_over(
 
 @pytest.mark.parametrize("runs", [200])
 async def test_chaos_sigkilled_workers_complete_every_run_once(
-    dsn: str, store: PostgresCheckpointStore, runs: int
+    dsn: str, store: PostgresCheckpointStore, processes: WorkerProcesses, runs: int
 ) -> None:
     """3 worker processes, one SIGKILLed at random every few hundred ms and restarted."""
     run_ids = await submit(store, dsn, runs, size=3, delay=0.5)  # runs long enough to be hit
-    workers = [await WorkerProcess.start(dsn, concurrency=5) for _ in range(3)]
+    workers = [await processes.start(concurrency=5) for _ in range(3)]
     kills = 0
     chaos = random.Random(1)
     started = time.monotonic()
@@ -216,7 +223,7 @@ async def test_chaos_sigkilled_workers_complete_every_run_once(
             await workers[index].wait()
             kills += 1
             with trio.CancelScope(shield=True):  # a process spawned is always tracked
-                workers[index] = await WorkerProcess.start(dsn, concurrency=5)
+                workers[index] = await processes.start(concurrency=5)
 
     with trio.fail_after(300):  # about 25 s here; a slow CI machine gets room, not a flake
         async with trio.open_nursery() as nursery:
@@ -236,10 +243,10 @@ async def test_chaos_sigkilled_workers_complete_every_run_once(
 
 
 async def test_sigterm_pauses_at_the_next_commit_and_lets_go(
-    dsn: str, store: PostgresCheckpointStore
+    dsn: str, store: PostgresCheckpointStore, processes: WorkerProcesses
 ) -> None:
     run_ids = await submit(store, dsn, 3, size=4, delay=0.3)
-    worker = await WorkerProcess.start(dsn)
+    worker = await processes.start()
     with trio.fail_after(60):
         for run_id in run_ids:
             await wait_for(started, store, run_id)
@@ -255,13 +262,28 @@ async def test_sigterm_pauses_at_the_next_commit_and_lets_go(
     assert all(counted[key] == 1 for key in keys_before)  # nothing committed ran again
 
 
+async def test_sigterm_cancels_the_steps_still_running_after_the_drain_timeout(
+    dsn: str, store: PostgresCheckpointStore, processes: WorkerProcesses
+) -> None:
+    [run_id] = await submit(store, dsn, 1, size=2, delay=3600)  # its `work` steps sleep on
+    worker = await processes.start("--drain-timeout", "0.2")
+    with trio.fail_after(30):
+        await wait_for(started, store, run_id)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0  # 0.2 s after, not an hour
+    assert await lease_holder(dsn, run_id) == (None, 1)  # let go
+    paused, requeued = (await journaled_statuses(store, run_id))[-2:]
+    assert (paused, requeued) == (bz.RunStatus.PAUSED, bz.RunStatus.RUNNING)  # runnable
+    assert list(effects(dsn)) == [f"{run_id}/fan/1"]  # the cancelled steps committed nothing
+
+
 async def test_workers_ride_through_a_server_restart(
-    dsn: str, store: PostgresCheckpointStore, postgres_cluster: Cluster
+    dsn: str, store: PostgresCheckpointStore, postgres_cluster: Cluster, processes: WorkerProcesses
 ) -> None:
     if postgres_cluster.pg_ctl is None:
         pytest.skip("the server is BLAZEN_TRIO_TEST_DSN's: this session cannot restart it")
     run_ids = await submit(store, dsn, 20, size=4, delay=0.1)
-    workers = [await WorkerProcess.start(dsn) for _ in range(2)]
+    workers = [await processes.start() for _ in range(2)]
     with trio.fail_after(90):
         await wait_for(waiting, store, 3)
         await trio.to_thread.run_sync(postgres_cluster.restart)
@@ -270,3 +292,32 @@ async def test_workers_ride_through_a_server_restart(
             worker.signal(signal.SIGTERM)
             assert await worker.wait() == 0
     await check_every_run(store, dsn, run_ids, size=4)
+
+
+async def test_a_worker_dies_with_the_test_process_that_started_it(
+    processes: WorkerProcesses,
+) -> None:
+    """What tests/_worker_child.py promises: the pipe from the test process closes (as the
+    kernel closes it when that process dies), and the worker goes at once."""
+    worker = await processes.start()
+    assert worker.process.stdin is not None
+    await worker.process.stdin.aclose()
+    assert await worker.wait() == -signal.SIGKILL
+
+
+async def test_a_worker_whose_stdout_was_closed_exits_141_without_a_traceback(
+    processes: WorkerProcesses,
+) -> None:
+    """The reader of its stdout went away before it said it was serving (its printing task
+    gets BrokenPipeError inside the serving nursery): the exit status of `| head`, quietly."""
+    process = await processes.spawn(stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    await process.stdout.aclose()
+    with trio.fail_after(30):
+        assert await process.wait() == 141
+    errors = b""
+    while chunk := await process.stderr.receive_some():
+        errors += chunk
+    await process.stderr.aclose()
+    assert b"Traceback" not in errors
