@@ -117,7 +117,7 @@ class WorkflowHandler(metaclass=NoPublicConstructor):
 
         Any number of tasks may wait; each gets the same result or error.
         """
-        await self._run.finished.wait()
+        await self._run.wait_exited()
         return self._run.unwrap()
 
     @property
@@ -165,4 +165,4 @@ class WorkflowHandler(metaclass=NoPublicConstructor):
         """
         self._run.check_running("abort")
         self._run.abort()
-        await self._run.finished.wait()
+        await self._run.wait_exited()

@@ -164,8 +164,14 @@ class StepSlot:
     spec: StepSpec
     retry: RetryPolicy | None
     limiter: trio.CapacityLimiter | None
-    queue: deque[Invocation] = attrs.Factory(deque)
-    returned: list[Invocation] | None = None  # made by the first one put back (most never)
+    # Each made by its first invocation (most steps of most runs never queue one).
+    queue: deque[Invocation] | None = None
+    returned: list[Invocation] | None = None  # put back by a pause
+
+    def enqueue(self, invocation: Invocation) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(invocation)
 
     def put_back(self, invocation: Invocation) -> None:
         if self.returned is None:
@@ -175,12 +181,12 @@ class StepSlot:
     def merge_returned(self) -> None:
         if self.returned:
             self.returned.sort(key=_seq_of)
-            self.queue = deque(heapq.merge(self.returned, self.queue, key=_seq_of))
+            self.queue = deque(heapq.merge(self.returned, self.queue or (), key=_seq_of))
         self.returned = None
 
     def waiting(self) -> list[Invocation]:
         """Its invocations not started: queued, or put back by a pause."""
-        return [*self.queue, *(self.returned or ())]
+        return [*(self.queue or ()), *(self.returned or ())]
 
 
 @attrs.define(eq=False, slots=True)
@@ -192,6 +198,8 @@ class Family:
     children: dict[int, Run] = attrs.Factory(dict)
     memo: dict[int, ChildMemo | WorkflowResult] = attrs.Factory(dict)
 
+
+_NO_USAGE: Final = Usage()
 
 IDLE_WORKERS: Final = 16
 """Workers a run keeps idle for the next invocations; more than that exit when done."""
@@ -435,6 +443,8 @@ class Run:
         "_abandoned",
         "_answering",
         "_end_notes",
+        "_exit_waiters",
+        "_exited",
         "_hosting",
         "_idle",
         "_inbox_backlog",
@@ -455,14 +465,12 @@ class Run:
         "_status",
         "_status_changed",
         "_stored_responses",
-        "_targets",
         "_unjournaled_usage",
         "broadcast",
         "clock",
         "commits",
         "cost_usd",
         "depth",
-        "finished",
         "held",
         "history",
         "in_flight",
@@ -505,16 +513,16 @@ class Run:
         self._refs: SessionRefRegistry | None = None  # made by the first use
         self._status = RunStatus.RUNNING
         self._status_changed: trio.Event | None = None  # made by the first waiter
-        self.usage = Usage()
+        self.usage = _NO_USAGE  # frozen: replaced, never changed in place
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
-        self.finished = trio.Event()  # set once every task of the run has exited
+        self._exited = False  # every task of the run has exited
+        self._exit_waiters: trio.Event | None = None  # made by the first `wait_exited`
         self.broadcast = Broadcast(workflow.stream_replay)
         self.history = History(workflow.history_limit) if workflow.history else None
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
         self._on_commit = on_commit
-        self._targets = workflow.targets
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -530,14 +538,14 @@ class Run:
         self._seq = 0
         self.commits = 0
         self._paused = False
-        self._pause_replies: list[Reply[None]] = []
+        self._pause_replies: tuple[Reply[None], ...] = ()  # a run rarely has more than one
         self._answering: dict[str, trio.CancelScope] = {}
         # What steps' cleanup raised while the run's end cancelled them: notes on its error.
         self._end_notes: tuple[str, ...] = ()
         self.clock = _ActiveClock(workflow.timeout, restored.active_time if restored else 0.0)
         self._nursery: trio.Nursery | None = None
         self._hosting = False  # the run's own task is one of its workers (see drive)
-        self._idle: list[trio.lowlevel.Task] = []  # workers waiting for an invocation
+        self._idle: list[trio.lowlevel.Task] | None = None  # workers waiting for work
         # Opened by the first command (most runs never get one): see _post.
         self._inbox_send: trio.MemorySendChannel[Message] | None = None
         self._inbox_backlog = 0
@@ -578,7 +586,7 @@ class Run:
             if work.children:
                 memos = invocation.own_family().memo
                 memos.update((memo.index, memo) for memo in work.children)
-            slots[work.step].queue.append(invocation)
+            slots[work.step].enqueue(invocation)
             self._queued += 1
 
     @property
@@ -609,6 +617,15 @@ class Run:
         await trio.lowlevel.checkpoint()
         return self._status
 
+    async def wait_exited(self) -> None:
+        """Wait until every task of the run has exited (its outcome is known by then)."""
+        if self._exited:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._exit_waiters is None:
+            self._exit_waiters = trio.Event()
+        await self._exit_waiters.wait()
+
     @property
     def refs(self) -> SessionRefRegistry:
         """The run's session-ref registry (most runs never use one)."""
@@ -618,10 +635,10 @@ class Run:
 
     # -- the run's task ------------------------------------------------------------------
 
-    async def drive(self, opening: Callable[[], Sequence[Invocation]]) -> None:
+    async def drive(self, opening: Callable[[Run], Sequence[Invocation]]) -> None:
         """Run in this task until the first StopEvent, a failure, the timeout or cancellation.
 
-        `opening` is called once the run's nursery is open (it routes the start event,
+        `opening(run)` is called once the run's nursery is open (it routes the start event,
         restarts restored work, or tells `nursery.start` that the run is ready). This task
         works on the first invocation it hands back itself, as a worker would: a run whose
         steps form a chain spawns no task. Whatever escapes the nursery besides cancellation
@@ -635,12 +652,7 @@ class Run:
                 self.clock.start(nursery.cancel_scope)
                 if self._journal is not None:
                     nursery.start_soon(self._journal.serve)
-                ready = opening()
-                if ready:
-                    self.spawn(ready[1:])
-                    self._hosting = True
-                    await self._work(ready[0])
-                    self._hosting = False
+                await self._work_on(opening(self))
                 if self.outcome is None:  # else the nursery's exit is this call's checkpoint
                     await self.wait_for_status(frozenset())  # no status: only the end wakes it
         except BaseException as escaped:
@@ -655,7 +667,18 @@ class Run:
             self._settle()
             if self._journal is not None:
                 await self._close_journal(self._journal)
-            self.finished.set()
+            self._exited = True
+            if self._exit_waiters is not None:
+                self._exit_waiters.set()
+
+    async def _work_on(self, ready: Sequence[Invocation]) -> None:
+        """The driver's share of the opening work: it starts the others and works on the
+        first itself (in a frame of its own, so nothing of that work outlives it)."""
+        if ready:
+            self.spawn(ready[1:])
+            self._hosting = True
+            await self._work(ready[0])
+            self._hosting = False
 
     async def main(self, *, task_status: trio.TaskStatus[None]) -> None:
         """`drive`, as a task of the starter's nursery (for `Workflow.start`).
@@ -663,7 +686,7 @@ class Run:
         Nothing is routed until `begin_as_opened`, so the starter can subscribe first.
         """
 
-        def started() -> Sequence[Invocation]:
+        def started(_: Run) -> Sequence[Invocation]:
             task_status.started()
             return ()
 
@@ -902,7 +925,7 @@ class Run:
                     current.scope = scope  # reachable by a pause during the checkpoint
                     # Fairness: a chain of steps that never await must not starve the others.
                     await trio.lowlevel.checkpoint()
-                elif self.outcome is None and len(self._idle) < IDLE_WORKERS:
+                elif self.outcome is None and len(self._idle or ()) < IDLE_WORKERS:
                     current = await self._next_invocation()
         if scope.cancelled_caught and current is not None:
             self._record(HistoryKind.STEP_CANCELLED, step=current.slot.spec.name, detail="pause")
@@ -911,10 +934,13 @@ class Run:
     async def _next_invocation(self) -> Invocation:
         """Wait, idle, until `spawn` hands this worker an invocation (or the run ends)."""
         task = trio.lowlevel.current_task()
-        self._idle.append(task)
+        if self._idle is None:
+            self._idle = []
+        idle = self._idle
+        idle.append(task)
 
         def leave(_: Any) -> trio.lowlevel.Abort:
-            self._idle.remove(task)
+            idle.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         invocation: Invocation = await trio.lowlevel.wait_task_rescheduled(leave)
@@ -1098,7 +1124,7 @@ class Run:
             if isinstance(event, InputRequestEvent):
                 self._request_input(envelope)
                 continue
-            targets = self._targets(type(event))
+            targets = self.workflow.targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
@@ -1129,7 +1155,7 @@ class Run:
             else:
                 self.in_flight.add(invocation)
                 return True
-        slot.queue.append(invocation)
+        slot.enqueue(invocation)
         self._queued += 1
         return False
 
@@ -1190,7 +1216,7 @@ class Run:
                 self._journal_status(RunStatus.PAUSED)
             for reply in self._pause_replies:
                 reply.set(None)
-            self._pause_replies.clear()
+            self._pause_replies = ()
             return
         if self.in_flight:
             return
@@ -1251,7 +1277,7 @@ class Run:
                 self._pause_child(child, cancel_in_flight)
             if cancel_in_flight and invocation.scope is not None and not invocation.children:
                 invocation.scope.cancel(reason="pause(cancel_in_flight=True)")
-        self._pause_replies.append(reply)
+        self._pause_replies += (reply,)
         self._went_quiet()
 
     def resume(self) -> None:
@@ -1268,7 +1294,7 @@ class Run:
                 child.resume()
         for reply in self._pause_replies:
             reply.fail(RunFinished("the run was resumed before it was quiescent"))
-        self._pause_replies.clear()
+        self._pause_replies = ()
         self.restart()
 
     def restart(self) -> None:
@@ -1346,7 +1372,7 @@ class Run:
         self._record(HistoryKind.CHILD_STARTED, step=invocation.step_name, detail=child.run_id)
         family.children[index] = child
         try:
-            await child.drive(lambda: self._begin_child(child))
+            await child.drive(self._begin_child)
         finally:
             del family.children[index]
         self._record(
@@ -1617,7 +1643,7 @@ class Run:
             ended = RunFinished(f"run {self.run_id} ended ({status}) before it was quiescent")
             for reply in self._pause_replies:
                 reply.fail(ended)
-            self._pause_replies.clear()
+            self._pause_replies = ()
 
     def _cancel_the_rest(self, reason: str) -> None:
         """Cancel the run's tasks, if any besides the caller is left.

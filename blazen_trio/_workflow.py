@@ -585,7 +585,7 @@ class Workflow:
         `store.respond(...)` and continue it with `recover`.
         """
         run = await self._open(input, resume, run_id, fork, on_commit, self.checkpoint_store)
-        await run.drive(run.opening_work)
+        await run.drive(Run.opening_work)
         return run.unwrap()
 
     @asynccontextmanager
@@ -643,7 +643,7 @@ class Workflow:
                 run = await self._open_stored(run_store, snapshot.run_id)
                 if run is None:  # it finished meanwhile (a worker went on with it)
                     return
-                await run.drive(run.opening_work)
+                await run.drive(Run.opening_work)
                 outcomes[snapshot.run_id] = run.unwrap()
             except WorkflowError as error:
                 outcomes[snapshot.run_id] = error
