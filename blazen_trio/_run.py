@@ -24,6 +24,7 @@ from operator import attrgetter
 from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 import attrs
+import msgspec
 import outcome
 import trio
 
@@ -141,9 +142,11 @@ class RunDefinition(Protocol):
     ) -> Run: ...
 
 
-@attrs.define(eq=False, slots=True)
-class Envelope:
-    """A committed event with its commit order and the step that emitted it."""
+class Envelope(msgspec.Struct, eq=False, gc=False):
+    """A committed event with its commit order and the step that emitted it.
+
+    A Struct: built once per routed event, in C; never part of a reference cycle.
+    """
 
     event: Event
     seq: int
@@ -207,15 +210,17 @@ IDLE_WORKERS: Final = 16
 _NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
 
 
-@attrs.define(eq=False, slots=True)
-class Invocation:
-    """One delivery of one event to one step: queued, then in flight until committed."""
+class Invocation(msgspec.Struct, eq=False):
+    """One delivery of one event to one step: queued, then in flight until committed.
+
+    A Struct: built once per delivery, in C.
+    """
 
     slot: StepSlot
     envelope: Envelope
     attempt: int = 1
-    undo: UndoLog = attrs.Factory(list)
-    sent: list[Event] = attrs.Factory(list)
+    undo: UndoLog = msgspec.field(default_factory=list)
+    sent: list[Event] = msgspec.field(default_factory=list)
     closed: bool = False
     scope: trio.CancelScope | None = None
     # Made by the first `ctx.run_workflow` call (or a restored child): most steps have none.
