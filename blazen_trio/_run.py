@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
@@ -125,6 +125,8 @@ class RunDefinition(Protocol):
     @property
     def stream_replay(self) -> int: ...
     def targets(self, event_type: type[Event]) -> tuple[int, ...]: ...
+    @property
+    def routes(self) -> Mapping[type[Event], tuple[int, ...]]: ...
     def check_portable(self, snapshot: WorkflowSnapshot) -> None: ...
     @property
     def fingerprint(self) -> dict[str, StepShape]: ...
@@ -465,6 +467,7 @@ class Run:
         "_paused",
         "_queued",
         "_refs",
+        "_routes",
         "_seq",
         "_start",
         "_status",
@@ -528,6 +531,7 @@ class Run:
         # Outstanding input requests by id, in the order they were made.
         self.input_requests: dict[str, Envelope] = {}
         self._on_commit = on_commit
+        self._routes = workflow.routes  # shared, filled by `workflow.targets`
         self._lifecycle = workflow.publish_lifecycle
         self._observed = self._lifecycle or self.history is not None
         self.slots = [
@@ -1129,7 +1133,9 @@ class Run:
             if isinstance(event, InputRequestEvent):
                 self._request_input(envelope)
                 continue
-            targets = self.workflow.targets(type(event))
+            targets = self._routes.get(type(event))
+            if targets is None:  # a class not routed before: `targets` finds (and keeps) it
+                targets = self.workflow.targets(type(event))
             if not targets:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break

@@ -8,7 +8,7 @@ import datetime
 import inspect
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, final
 
@@ -526,6 +526,11 @@ class Workflow:
         durable = copy.copy(self)
         durable.checkpoint_store = store
         return durable
+
+    @property
+    def routes(self) -> Mapping[type[Event], tuple[int, ...]]:
+        """The step indices of each event class routed so far (`targets` adds the others)."""
+        return self._targets
 
     def targets(self, event_type: type[Event]) -> tuple[int, ...]:
         """Indices of the steps an event of this type is routed to (cached per class)."""
