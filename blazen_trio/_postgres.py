@@ -431,13 +431,16 @@ class _Db:
             "UPDATE blazen_trio_runs SET lease_owner = NULL, lease_until = NULL WHERE run_id = %s",
             (lease.run_id,),
         )
-        snapshot = self.latest(lease.run_id)
-        if error is not None and snapshot.status not in FINISHED:
-            self.add(snapshot, status=RunStatus.FAILED, error=error)
-        elif requeue and snapshot.status is RunStatus.PAUSED:
-            self.add(snapshot, status=RunStatus.RUNNING)
-        self.carry_out_queued(lease.run_id)
         latest = self.latest(lease.run_id)
+        changed = False
+        if error is not None and latest.status not in FINISHED:
+            self.add(latest, status=RunStatus.FAILED, error=error)
+            changed = True
+        elif requeue and latest.status is RunStatus.PAUSED:
+            self.add(latest, status=RunStatus.RUNNING)
+            changed = True
+        if self.carry_out_queued(lease.run_id) or changed:
+            latest = self.latest(lease.run_id)  # as the records just added left it
         runnable = latest.status is RunStatus.RUNNING or (
             latest.status is RunStatus.WAITING_FOR_INPUT and bool(latest.input_responses)
         )
@@ -520,12 +523,16 @@ class _Db:
             error = f"WorkflowAborted: run {snapshot.run_id} was aborted"
             self.add(snapshot, status=RunStatus.ABORTED, error=error)
 
-    def carry_out_queued(self, run_id: str) -> None:
-        """Commands queued for a holder that let go of the run: carried out here, in order."""
-        for control in self.controls([run_id]):
+    def carry_out_queued(self, run_id: str) -> bool:
+        """Commands queued for a holder that let go of the run: carried out here, in order.
+        Returns whether there were any."""
+        queued = self.controls([run_id])
+        for control in queued:
             with contextlib.suppress(UnknownInputRequest, RunFinished):  # moot by now
                 self.carry_out(self.latest(run_id), control.op, control.request_id, control.answer)
-        self.execute("DELETE FROM blazen_trio_controls WHERE run_id = %s", (run_id,))
+        if queued:
+            self.execute("DELETE FROM blazen_trio_controls WHERE run_id = %s", (run_id,))
+        return bool(queued)
 
     def controls(self, run_ids: list[str]) -> list[Control]:
         rows = self.execute(
