@@ -66,6 +66,9 @@ SCHEMA_VERSION: Final = 2
 
 CHANNEL: Final = "blazen_trio"
 """The LISTEN/NOTIFY channel: news that a run became runnable, finished, or got a control."""
+CONTROLS_CHANNEL: Final = "blazen_trio_controls"
+"""The channel of news that a held run got a control: only the workers' control loops wait for
+it, so the news of every submit and release does not send each worker to read its controls."""
 
 _MIGRATION_LOCK: Final = 0x427A5472  # "BzTr": the advisory lock held while migrating
 
@@ -144,6 +147,9 @@ class _Db:
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.execute(sql, params).fetchone()
+
+    def notify_controls(self) -> None:
+        self.execute("SELECT pg_notify(%s, '')", (CONTROLS_CHANNEL,))
 
     def notify(self, run_id: str = "") -> None:
         """Tell listeners at commit that something changed: with `run_id`, that the run
@@ -487,6 +493,8 @@ class _Db:
             # Runnable, so that if the holder dies before it lets go, the run is claimed once
             # its lease runs out and its controls are carried out (`release` sets it right).
             self.execute("UPDATE blazen_trio_runs SET runnable = true WHERE run_id = %s", (run_id,))
+            self.notify_controls()
+            return
         self.notify()
 
     def check_control(
@@ -595,9 +603,10 @@ class _Listener:
 
     dsn: str
     token: trio.lowlevel.TrioToken
-    on_news: Callable[[str | None], object]
-    """Called in the Trio thread with a finished run's id, "" for news for workers, and None
-    after a reconnection (anything may have happened meanwhile)."""
+    on_news: Callable[[str | None, str | None], object]
+    """Called in the Trio thread with the channel and the payload (a finished run's id, or ""
+    for news for workers), and with None, None after a reconnection (anything may have
+    happened meanwhile)."""
     stopped: threading.Event = attrs.Factory(threading.Event)
 
     def start(self) -> None:
@@ -612,9 +621,10 @@ class _Listener:
                         self.dsn, autocommit=True, connect_timeout=5
                     )
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self._announce(None)
+                    connection.execute(f"LISTEN {CONTROLS_CHANNEL}")
+                    self._announce(None, None)
                 for notify in connection.notifies(timeout=_LISTEN_WAIT, stop_after=1):
-                    self._announce(notify.payload)
+                    self._announce(notify.channel, notify.payload)
             except psycopg.Error:
                 if connection is not None:
                     connection.close()
@@ -623,9 +633,9 @@ class _Listener:
         if connection is not None:
             connection.close()
 
-    def _announce(self, payload: str | None) -> None:
+    def _announce(self, channel: str | None, payload: str | None) -> None:
         try:
-            self.token.run_sync_soon(self.on_news, payload)
+            self.token.run_sync_soon(self.on_news, channel, payload)
         except trio.RunFinishedError:
             self.stopped.set()
 
@@ -681,6 +691,7 @@ class PostgresCheckpointStore:
         self._ready = False
         self._closed = False
         self._news = trio.Event()
+        self._control_news = trio.Event()
         self._run_news: dict[str, trio.Event] = {}
         # Runs announced finished lately: a waiter that comes after the news still gets it.
         self._finished_recently: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -799,12 +810,7 @@ class PostgresCheckpointStore:
         await self._write(lambda db: db.forget_controls(done))
 
     async def wait_for_news(self, run_id: str | None = None) -> None:
-        self._check_open()
-        if self._listener is None:
-            self._listener = _Listener(
-                self._dsn, trio.lowlevel.current_trio_token(), self._announce
-            )
-            self._listener.start()
+        self._listen()
         if run_id is None:
             await self._news.wait()
             return
@@ -818,7 +824,25 @@ class PostgresCheckpointStore:
             if self._run_news.get(run_id) is news and not news.statistics().tasks_waiting:
                 del self._run_news[run_id]
 
-    def _announce(self, payload: str | None) -> None:
+    async def wait_for_controls(self) -> None:
+        self._listen()
+        await self._control_news.wait()
+
+    def _listen(self) -> None:
+        """Start the listener thread, once."""
+        self._check_open()
+        if self._listener is None:
+            self._listener = _Listener(
+                self._dsn, trio.lowlevel.current_trio_token(), self._announce
+            )
+            self._listener.start()
+
+    def _announce(self, channel: str | None, payload: str | None) -> None:
+        if channel != CHANNEL:  # controls came, or reconnected (anything may have happened)
+            self._control_news.set()
+            self._control_news = trio.Event()
+            if channel is not None:
+                return
         if payload:
             self._finished_recently[payload] = None
             while len(self._finished_recently) > _RECENTLY_FINISHED:

@@ -106,9 +106,13 @@ class RunQueue(Protocol):
         """Drop controls once carried out."""
 
     async def wait_for_news(self, run_id: str | None = None) -> None:
-        """Return when the store announces news for workers (a run became runnable, a slot or
-        a control came), or with `run_id`, that this run finished. Callers bound the wait
+        """Return when the store announces news for workers (a run became runnable or a slot
+        came free), or with `run_id`, that this run finished. Callers bound the wait
         (`trio.move_on_after`) and look again: news can be missed."""
+
+    async def wait_for_controls(self) -> None:
+        """Return when the store announces that a control was queued for a held run. Bounded
+        and looked again after, as `wait_for_news`."""
 
 
 def is_run_queue(store: Any) -> bool:

@@ -11,7 +11,7 @@ the old holder's writes are refused from then on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
@@ -141,7 +141,12 @@ class Worker:
         self._serving = True
         try:
             async with trio.open_nursery() as background:
-                background.start_soon(self._listen)
+                # News of runnable runs and free slots wakes the claims; news of controls (not
+                # every submit and release) wakes the control loop.
+                background.start_soon(self._wake_on, self._queue.wait_for_news, self._wake_claims)
+                background.start_soon(
+                    self._wake_on, self._queue.wait_for_controls, self._wake_controls
+                )
                 background.start_soon(self._heartbeat)
                 async with trio.open_nursery() as runs:
                     self._runs_nursery = runs
@@ -166,16 +171,23 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------------
 
     def _poke(self) -> None:
-        self._claim_wake.set()
-        self._control_wake.set()
+        self._wake_claims()
+        self._wake_controls()
 
-    async def _listen(self) -> None:
+    async def _wake_on(self, news: Callable[[], Awaitable[None]], wake: Callable[[], None]) -> None:
+        """`wake()` at each announcement `news()` waits for (polling covers missed ones)."""
         while True:
             try:
-                await self._queue.wait_for_news()
+                await news()
             except CheckpointStoreError:  # closed: polling goes on until the worker stops
                 await trio.sleep_forever()
-            self._poke()
+            wake()
+
+    def _wake_claims(self) -> None:
+        self._claim_wake.set()
+
+    def _wake_controls(self) -> None:
+        self._control_wake.set()
 
     async def _claim_until_stopped(self, runs: trio.Nursery) -> None:
         names = list(self._workflows)

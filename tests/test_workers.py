@@ -353,3 +353,29 @@ async def test_a_recovery_renews_its_leases_while_its_runs_go_on(
 
 async def server_time_past(dsn: str, moment: datetime.datetime) -> bool:
     return bool((await row(dsn, "SELECT clock_timestamp() > %s", moment))[0])
+
+
+async def test_a_control_for_a_held_run_is_announced_to_control_loops(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    """Controls have news of their own: a worker's control loop wakes on it, not on the news
+    of every submit and release (which only its claims need)."""
+    client = bz.WorkflowClient(store)
+    await client.submit("pgtest", {"dsn": dsn}, run_id="held")
+    [lease] = await store.claim("me", ["pgtest"], 1, lease=30)
+    assert lease.run_id == "held"
+    with trio.fail_after(10):
+        await store.wait_for_controls()  # the listener connected (news as such: anything goes)
+        async with trio.open_nursery() as nursery:
+            announced = trio.Event()
+
+            async def wait_for_controls() -> None:
+                await store.wait_for_controls()
+                announced.set()
+
+            nursery.start_soon(wait_for_controls)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.pause("held")  # queued for its holder
+            await announced.wait()
+    [control] = await store.controls([lease])
+    assert (control.run_id, control.op) == ("held", "pause")
