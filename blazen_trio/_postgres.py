@@ -37,7 +37,7 @@ from ._codec import (
     encode_encoded_event,
     encode_record,
 )
-from ._errors import CheckpointStoreError, RunFinished, SnapshotError, UnknownInputRequest
+from ._errors import CheckpointStoreError, RunFinished, UnknownInputRequest
 from ._journal import fold
 from ._queue import SUBMITTED_START_KEY, Control, ControlOp, Lease
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
@@ -52,6 +52,7 @@ from ._stores import (
     check_kept,
     compaction_due,
     cutoff,
+    decode_stored,
     encode_answer,
     no_run,
     status_after,
@@ -157,12 +158,7 @@ class _Db:
         self.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
 
     def decode(self, run_id: str, what: str, decode: Callable[[bytes], T], data: bytes) -> T:
-        try:
-            return decode(data)
-        except SnapshotError as exc:
-            raise CheckpointStoreError(
-                f"checkpoint store {self.label}: {what} of run {run_id!r} is unreadable: {exc}"
-            ) from exc
+        return decode_stored(str(self.label), run_id, what, decode, data)
 
     # -- the schema --------------------------------------------------------------------------
 

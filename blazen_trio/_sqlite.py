@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from ._codec import WorkflowSnapshot, decode_record, encode_record
-from ._errors import CheckpointStoreError, SnapshotError
+from ._errors import CheckpointStoreError
 from ._events import INT64_MAX
 from ._journal import fold
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
@@ -40,6 +40,7 @@ from ._stores import (
     check_kept,
     compaction_due,
     cutoff,
+    decode_stored,
     encode_answer,
     no_run,
     status_after,
@@ -112,12 +113,7 @@ class _Db:
         return [self.decode(run_id, "a journal record", decode_record, data) for (data,) in rows]
 
     def decode(self, run_id: str, what: str, decode: Callable[[bytes], T], data: bytes) -> T:
-        try:
-            return decode(data)
-        except SnapshotError as exc:
-            raise CheckpointStoreError(
-                f"checkpoint store {self.path}: {what} of run {run_id!r} is unreadable: {exc}"
-            ) from exc
+        return decode_stored(str(self.path), run_id, what, decode, data)
 
     def load(self, run_id: str, at: int | None) -> WorkflowSnapshot | None:
         query = (

@@ -10,13 +10,13 @@ import builtins  # `list` is a method name of the stores
 import datetime
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Literal, Protocol, final, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, final, runtime_checkable
 
 import attrs
 import trio
 
 from ._codec import WorkflowSnapshot, encode_event
-from ._errors import CheckpointStoreError, UnknownInputRequest
+from ._errors import CheckpointStoreError, SnapshotError, UnknownInputRequest
 from ._events import InputResponseEvent
 from ._journal import fold
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
@@ -114,6 +114,22 @@ def compaction_due(
         return False
     journal, base = sizes()
     return journal >= base
+
+
+T = TypeVar("T")
+
+
+def decode_stored(
+    store: str, run_id: str, what: str, decode: Callable[[bytes], T], data: bytes
+) -> T:
+    """Stored bytes decoded; unreadable ones (corrupt, or a newer format) are the store's
+    `CheckpointStoreError`, naming the store, the run and what was being read."""
+    try:
+        return decode(data)
+    except SnapshotError as exc:
+        raise CheckpointStoreError(
+            f"checkpoint store {store}: {what} of run {run_id!r} is unreadable: {exc}"
+        ) from exc
 
 
 def no_run(run_id: str) -> CheckpointStoreError:
