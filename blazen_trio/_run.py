@@ -449,8 +449,8 @@ class Run:
     __slots__ = (
         "_abandoned",
         "_answering",
+        "_changed",
         "_end_notes",
-        "_exit_waiters",
         "_exited",
         "_hosting",
         "_idle",
@@ -471,7 +471,6 @@ class Run:
         "_seq",
         "_start",
         "_status",
-        "_status_changed",
         "_stored_responses",
         "_unjournaled_usage",
         "broadcast",
@@ -520,12 +519,12 @@ class Run:
         self.state = RunState()
         self._refs: SessionRefRegistry | None = None  # made by the first use
         self._status = RunStatus.RUNNING
-        self._status_changed: trio.Event | None = None  # made by the first waiter
+        # Set at each status change, the run's end and its exit; made by the first waiter.
+        self._changed: trio.Event | None = None
         self.usage = _NO_USAGE  # frozen: replaced, never changed in place
         self.cost_usd = 0.0
         self.outcome: WorkflowResult | WorkflowError | None = None
         self._exited = False  # every task of the run has exited
-        self._exit_waiters: trio.Event | None = None  # made by the first `wait_exited`
         self.broadcast = Broadcast(workflow.stream_replay)
         self.history = History(workflow.history_limit) if workflow.history else None
         # Outstanding input requests by id, in the order they were made.
@@ -610,30 +609,31 @@ class Run:
     def status(self, status: RunStatus) -> None:
         if status is not self._status:
             self._status = status
-            self._announce_status()
+            self._announce_change()
 
-    def _announce_status(self) -> None:
-        if self._status_changed is not None:
-            self._status_changed.set()
-            self._status_changed = None
+    def _announce_change(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()`, looked at again at each change; a checkpoint either way."""
+        if done():
+            await trio.lowlevel.checkpoint()
+            return
+        while not done():
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
 
     async def wait_for_status(self, wanted: frozenset[RunStatus]) -> RunStatus:
         """Wait until the run's status is one of `wanted`, or the run has ended."""
-        while self._status not in wanted and self.outcome is None:
-            if self._status_changed is None:
-                self._status_changed = trio.Event()
-            await self._status_changed.wait()
-        await trio.lowlevel.checkpoint()
+        await self._wait_until(lambda: self._status in wanted or self.outcome is not None)
         return self._status
 
     async def wait_exited(self) -> None:
         """Wait until every task of the run has exited (its outcome is known by then)."""
-        if self._exited:
-            await trio.lowlevel.checkpoint()
-            return
-        if self._exit_waiters is None:
-            self._exit_waiters = trio.Event()
-        await self._exit_waiters.wait()
+        await self._wait_until(lambda: self._exited)
 
     @property
     def refs(self) -> SessionRefRegistry:
@@ -663,7 +663,7 @@ class Run:
                     nursery.start_soon(self._journal.serve)
                 await self._work_on(opening(self))
                 if self.outcome is None:  # else the nursery's exit is this call's checkpoint
-                    await self.wait_for_status(frozenset())  # no status: only the end wakes it
+                    await self._wait_until(lambda: self.outcome is not None)
         except BaseException as escaped:
             crash, rest = _split_crash(escaped)
             if crash is not None:
@@ -677,8 +677,7 @@ class Run:
             if self._journal is not None:
                 await self._close_journal(self._journal)
             self._exited = True
-            if self._exit_waiters is not None:
-                self._exit_waiters.set()
+            self._announce_change()
 
     async def _work_on(self, ready: Sequence[Invocation]) -> None:
         """The driver's share of the opening work: it starts the others and works on the
@@ -1647,7 +1646,7 @@ class Run:
         else:
             self.outcome = outcome
         self.status = status
-        self._announce_status()  # the run ended, even if its status did not change
+        self._announce_change()  # the run ended, even if its status did not change
         self._cancel_the_rest(f"the run ended ({status})")
         self.broadcast.close()
         if self._pause_replies:
