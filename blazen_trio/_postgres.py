@@ -479,6 +479,7 @@ class _Db:
                 "lease_until = NULL WHERE run_id = %s",
                 (run_id,),
             )  # whoever held the run before may write it no more
+            self.notify()  # it may be runnable now
         else:
             self.check_control(self.latest(run_id), op, request_id)
             self.execute(
@@ -490,8 +491,6 @@ class _Db:
             # its lease runs out and its controls are carried out (`release` sets it right).
             self.execute("UPDATE blazen_trio_runs SET runnable = true WHERE run_id = %s", (run_id,))
             self.notify_controls()
-            return
-        self.notify()
 
     def check_control(
         self, snapshot: WorkflowSnapshot, op: ControlOp, request_id: str | None
