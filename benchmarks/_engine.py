@@ -164,7 +164,25 @@ STREAM = bz.Workflow("bench-stream", [produce])
 
 
 async def _consume(stream: bz.EventStream, counts: list[int], lagged: list[int], slot: int) -> None:
-    """Counts in locals, as the floor's reader does: the scenario's own cost is not measured."""
+    """The floor's reader: wait for one event, then drain the backlog with `receive_nowait`
+    (no checkpoint per event); counts in locals, so the scenario's own cost is not measured."""
+    got = missed = 0
+    async with stream:
+        async for ev in stream:
+            while True:
+                if type(ev) is Chunk:
+                    got += 1
+                elif isinstance(ev, bz.StreamLagged):
+                    missed += ev.missed
+                try:
+                    ev = stream.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+    counts[slot], lagged[slot] = got, missed
+
+
+async def _iterate(stream: bz.EventStream, counts: list[int], lagged: list[int], slot: int) -> None:
+    """The plain reader: `async for`, each read a cancellation point."""
     got = missed = 0
     async with stream:
         async for ev in stream:
@@ -175,7 +193,11 @@ async def _consume(stream: bz.EventStream, counts: list[int], lagged: list[int],
     counts[slot], lagged[slot] = got, missed
 
 
-async def _stream_round(n: int, subscribers: int) -> Metrics:
+READERS = {"batched": _consume, "iterate": _iterate}
+
+
+async def _stream_round(n: int, subscribers: int, reader: str = "batched") -> Metrics:
+    consume = READERS[reader]
     counts = [0] * subscribers
     lagged = [0] * subscribers
     started = time.perf_counter()
@@ -184,7 +206,7 @@ async def _stream_round(n: int, subscribers: int) -> Metrics:
         streams = [handler.stream_events(buffer=n + LOSSLESS_SLACK) for _ in range(subscribers)]
         async with trio.open_nursery() as nursery:
             for slot, stream in enumerate(streams):
-                nursery.start_soon(_consume, stream, counts, lagged, slot)
+                nursery.start_soon(consume, stream, counts, lagged, slot)
         await handler.result()
     elapsed = time.perf_counter() - started
     return {"time": elapsed, "delivered": float(sum(counts)), "missed": float(sum(lagged))}
@@ -192,7 +214,8 @@ async def _stream_round(n: int, subscribers: int) -> Metrics:
 
 def stream(job: Job) -> Callable[[], Metrics]:
     n, subscribers = count(job, "n"), count(job, "subscribers")
-    return in_fresh_loop(lambda: _stream_round(n, subscribers))
+    reader = str(job.get("reader", "batched"))
+    return in_fresh_loop(lambda: _stream_round(n, subscribers, reader))
 
 
 # -- (5) snapshot codec ---------------------------------------------------------------------

@@ -243,6 +243,20 @@ async def _concurrent_runs(n: int) -> None:
             nursery.start_soon(serve, Start(data=None), TRIVIAL)
 
 
+async def _run_in_a_nursery() -> None:
+    """A run as the design shapes one: a nursery of its own, its step in a cancel scope."""
+    async with trio.open_nursery():
+        with trio.CancelScope():
+            await serve(Start(data=None), TRIVIAL)
+
+
+async def _concurrent_nursery_runs(n: int) -> None:
+    """The floor plus what every run is by design: what the engine cannot go below."""
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(_run_in_a_nursery)
+
+
 def _plain_runs(n: int) -> None:
     for _ in range(n):
         plain_serve(Start(data=None), PLAIN_TRIVIAL)
@@ -258,7 +272,9 @@ def _parked_run(gate: Gate) -> Callable[[], Awaitable[object]]:
 
 def runs(job: Job) -> Callable[[], Metrics]:
     n = count(job, "n")
-    return with_plain(runs_scenario(n, _concurrent_runs, _parked_run), lambda: _plain_runs(n))
+    tight = with_plain(runs_scenario(n, _concurrent_runs, _parked_run), lambda: _plain_runs(n))
+    nursery = timed(lambda: _concurrent_nursery_runs(n))
+    return lambda: {**tight(), "nursery_time": nursery()["time"]}
 
 
 # -- (4) streaming --------------------------------------------------------------------------

@@ -187,6 +187,12 @@ def plans(mode: Mode) -> list[Plan]:
             {"n": mode.stream_events, "subscribers": mode.stream_subscribers},
         ),
         Plan(
+            "stream",
+            "stream_many_iterate",
+            {"n": mode.stream_events, "subscribers": mode.stream_subscribers, "reader": "iterate"},
+            frozenset({ENGINE, FLOOR}),
+        ),
+        Plan(
             "snapshot",
             "snapshot",
             {"keys": mode.snapshot_keys, "events": mode.snapshot_events},
@@ -289,6 +295,14 @@ def rows(mode: Mode) -> list[Row]:
             scaling_of=("fanout_large", "fanout_small"),
         ),
         Row(f"{mode.runs:,} concurrent trivial runs", "runs", "time", "s", (), "plain_time"),
+        Row(
+            "  same, against the floor plus a nursery and a cancel scope per run (the design)",
+            "runs",
+            "time",
+            "s",
+            ("nursery_time",),
+            peer_metric="",
+        ),
         Row("  memory per idle run (RSS growth / parked run)", "runs", "kib_per_idle_run", "KiB"),
         Row(
             f"stream {mode.stream_events:,} events -> 1 subscriber",
@@ -305,6 +319,13 @@ def rows(mode: Mode) -> list[Row]:
             "s",
             (),
             "plain_time",
+        ),
+        Row(
+            "  same, each read an `async for` step (the floor's reader is still batched)",
+            "stream_many_iterate",
+            "time",
+            "s",
+            peer_metric="",
         ),
         Row(
             f"{snap}, MessagePack enc+dec (floor: pickle)",

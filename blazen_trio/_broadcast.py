@@ -133,7 +133,7 @@ class Broadcast:
             self._first_seq += excess
 
     def read_unusual(self, stream: EventStream) -> Event | None:
-        """The subscriber's next read when `__anext__`'s fast path does not apply: its
+        """The subscriber's next read when `EventStream._take`'s fast path does not apply: its
         StreamLagged notice if it fell behind, None if it is caught up."""
         oldest_allowed = max(self._first_seq, self._last_seq - stream.buffer + 1)
         if stream.next_seq < oldest_allowed:
@@ -181,16 +181,8 @@ class EventStream(metaclass=NoPublicConstructor):
         # reads rather than every read: its backlog is bounded by its buffer, and a task
         # switch per event per subscriber is most of the cost of a wide fan-out.
         await trio.lowlevel.checkpoint_if_cancelled()
-        broadcast = self._broadcast
         while not self._closed:
-            seq, last = self.next_seq, broadcast._last_seq
-            # The usual case, inline: the next event is kept and this reader is not behind.
-            if broadcast._first_seq <= seq <= last and last - seq < self.buffer:
-                self.last_sequence = seq
-                self.next_seq = seq + 1
-                event: Event | None = broadcast._ring[seq]
-            else:
-                event = broadcast.read_unusual(self)
+            event = self._take()
             if event is not None:
                 self._reads_since_yield += 1
                 if self._reads_since_yield >= YIELD_EVERY:
@@ -203,6 +195,36 @@ class EventStream(metaclass=NoPublicConstructor):
             await self._broadcast.wait_for_events()
         self.close()
         raise StopAsyncIteration
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is kept, without waiting: the read of a batch drain.
+
+        Like trio's `MemoryReceiveChannel.receive_nowait`, it is not a checkpoint: a reader
+        that waits with `async for` and then drains its backlog with this pays one
+        cancellation check per batch, not per event. Raises `trio.WouldBlock` when the
+        reader is caught up and the run goes on, `trio.EndOfChannel` once the stream has
+        ended (the run ended and everything was read) or was closed.
+        """
+        if not self._closed:
+            event = self._take()
+            if event is not None:
+                return event
+            if not self._broadcast.closed:
+                raise trio.WouldBlock
+            self.close()
+        raise trio.EndOfChannel
+
+    def _take(self) -> Event | None:
+        """The next event for this reader (its StreamLagged notice first if it fell
+        behind), or None when it is caught up."""
+        broadcast = self._broadcast
+        seq, last = self.next_seq, broadcast._last_seq
+        # The usual case, inline: the next event is kept and this reader is not behind.
+        if broadcast._first_seq <= seq <= last and last - seq < self.buffer:
+            self.last_sequence = seq
+            self.next_seq = seq + 1
+            return broadcast._ring[seq]
+        return broadcast.read_unusual(self)
 
     async def __aenter__(self) -> EventStream:
         return self

@@ -739,3 +739,73 @@ async def test_a_reader_with_a_backlog_still_yields_to_other_tasks() -> None:
         nursery.cancel_scope.cancel()
     assert len(read) == 1000
     assert ticks - before >= 1000 // YIELD_EVERY - 1
+
+
+# -- batched reads: receive_nowait ---------------------------------------------------------
+
+
+async def test_receive_nowait_reads_what_is_kept_then_would_block_until_more_comes() -> None:
+    gate = trio.Event()
+    async with writer(3, gate).start() as handler:
+        events = handler.stream_events()
+        await trio.testing.wait_all_tasks_blocked()  # three written, the step waits at the gate
+        assert [events.receive_nowait() for _ in range(3)] == progress(0, 1, 2)
+        assert events.last_sequence == 3
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()
+        gate.set()
+        await handler.result()
+        assert events.receive_nowait() == bz.StopEvent(result="done")
+        with pytest.raises(trio.EndOfChannel):
+            events.receive_nowait()
+        assert handler.stream_statistics().subscribers == 0  # an ended stream lets go
+
+
+async def test_receive_nowait_tells_a_lagging_reader_what_it_missed() -> None:
+    async with writer(5).start() as handler:
+        events = handler.stream_events(buffer=2)
+        await handler.result()
+        read = [events.receive_nowait() for _ in range(3)]
+        with pytest.raises(trio.EndOfChannel):
+            events.receive_nowait()
+    assert read == [bz.StreamLagged(missed=4), Progress(i=4), bz.StopEvent(result="done")]
+    assert events.statistics().missed == 4
+
+
+async def test_receive_nowait_on_a_closed_stream_is_the_end() -> None:
+    gate = trio.Event()
+    async with writer(3, gate).start() as handler:
+        events = handler.stream_events()
+        await trio.testing.wait_all_tasks_blocked()
+        await events.aclose()
+        with pytest.raises(trio.EndOfChannel):  # as `async for` just ends on a closed stream
+            events.receive_nowait()
+        gate.set()
+
+
+async def test_a_batched_reader_gets_what_async_for_gets() -> None:
+    # The batch drain of trio's channels: wait for one event, then take the backlog without
+    # checkpoints. It must see every event once, in order, whatever the batches.
+    async def batched(events: bz.EventStream) -> list[bz.Event]:
+        got: list[bz.Event] = []
+        async for first in events:
+            got.append(first)
+            try:
+                while True:
+                    got.append(events.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+        return got
+
+    gate = trio.Event()
+    seen: list[bz.Event] = []
+
+    async def consume(events: bz.EventStream) -> None:
+        seen.extend(await batched(events))
+
+    workflow = two_phase(40, 40, gate, stream_replay=0)
+    async with workflow.start() as handler, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, handler.stream_events(buffer=100))
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert seen == [*progress(*range(80)), bz.StopEvent(result="done")]
