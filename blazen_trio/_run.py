@@ -583,13 +583,14 @@ class Run:
         # predate it get fresh numbers after the highest kept one.
         self._seq = max([restored.routed_seq, *(work.seq for work in restored.pending)])
         for request in restored.input_requests:
-            self.input_requests[request.request_id] = self._envelope(request, None, quiet=True)
+            (envelope,) = self._envelopes([request], None, quiet=True)
+            self.input_requests[request.request_id] = envelope
             self.publish(request)  # announced again: a subscriber with replay sees it
         for work in sorted(restored.pending, key=lambda work: work.seq):
             if work.seq:
                 envelope = Envelope(work.event, work.seq, work.source)
             else:
-                envelope = self._envelope(work.event, work.source, quiet=True)
+                (envelope,) = self._envelopes([work.event], work.source, quiet=True)
             invocation = Invocation(slots[work.step], envelope, work.attempt)
             if work.children:
                 memos = invocation.own_family().memo
@@ -1111,11 +1112,18 @@ class Run:
             self._went_quiet()
         return ready
 
-    def _envelopes(self, events: Iterable[Event], source: str | None) -> list[Envelope]:
-        """Give emitted events their routing order, up to the first StopEvent (which wins)."""
+    def _envelopes(
+        self, events: Iterable[Event], source: str | None, *, quiet: bool = False
+    ) -> list[Envelope]:
+        """Give emitted events their routing order, up to the first StopEvent (which wins);
+        `quiet`: not a new event for the history (restored work)."""
         envelopes = []
         for event in events:
-            envelopes.append(self._envelope(event, source))
+            self._seq += 1
+            envelopes.append(Envelope(event, self._seq, source))
+            if self.history is not None and not quiet:
+                type_id = event_type_id(event)
+                self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
             if isinstance(event, StopEvent):
                 break
         return envelopes
@@ -1143,13 +1151,6 @@ class Run:
                 if self._admit(invocation):
                     ready.append(invocation)
         return ready
-
-    def _envelope(self, event: Event, source: str | None, *, quiet: bool = False) -> Envelope:
-        self._seq += 1
-        if self.history is not None and not quiet:
-            type_id = event_type_id(event)
-            self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
-        return Envelope(event, self._seq, source)
 
     def _admit(self, invocation: Invocation) -> bool:
         """Start the invocation now (True) or queue it (False): paused, or at its limit."""
