@@ -12,12 +12,18 @@ today's classes and check that the old bytes decode to them.
 - `answer_v1.msgpack`: `encode_encoded_event(ANSWER)`, a queued answer as PostgreSQL keeps it.
 - `submitted_v2.msgpack`: `submitted().to_bytes()`, a run as `WorkflowClient.submit` stored it.
 - `store_v2.sqlite`: a SQLite store holding `base(CHILD)` saved, then `records()` appended.
+
+`map_layout` writes any value the way those releases did, for the property tests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import pathlib
+from typing import Any
+
+import msgspec
+from _store_child import start as empty_run
 
 import blazen_trio as bz
 from blazen_trio._codec import encode_event, encode_value
@@ -43,21 +49,14 @@ ANSWER = encode_event(bz.InputResponseEvent(request_id=REQUEST_ID, response=["ye
 
 def child_snapshot() -> bz.WorkflowSnapshot:
     """A sub-workflow still running when its parent was snapshotted."""
-    return bz.WorkflowSnapshot(
-        workflow_name="child",
-        run_id="child-1",
+    return msgspec.structs.replace(
+        empty_run("child-1"),  # of workflow "child"
         created_at=CREATED,
         status=bz.RunStatus.PAUSED,
         state={"seen": encode_value({1, 2}, key="seen")},
         pending_events=[
             bz.PendingEvent(event=event("tests.Item", n=1), source_step="split", seq=4)
         ],
-        collect_buffers={},
-        input_requests=[],
-        usage=bz.UsageTotals(),
-        history=[],
-        metadata={},
-        session_refs={},
         routed_seq=4,
     )
 
@@ -82,10 +81,10 @@ def base(child: bytes) -> bz.WorkflowSnapshot:
                 target_step="fan",
                 attempt=3,
                 seq=2,
-                children=[
+                children=(  # a list when the files were written: the same bytes
                     bz.ChildMemo(index=0, run_id="child-0", result=STOP),
                     bz.ChildMemo(index=1, run_id="child-1", snapshot=child),
-                ],
+                ),
             ),
             bz.PendingEvent(event=event("tests.Item", n=0), source_step="parse"),  # seq 0: old
         ],
@@ -178,19 +177,33 @@ def records() -> list[bz.JournalRecord]:
 def submitted() -> bz.WorkflowSnapshot:
     """A run of workflow "quick" as `WorkflowClient.submit` stored it: its start event in the
     metadata, as builtins (the map layout written literally, as that release wrote it)."""
-    return bz.WorkflowSnapshot(
+    start = {"type_id": "blazen.StartEvent", "payload": {"data": 7}}
+    return msgspec.structs.replace(
+        empty_run("submitted-1"),
         workflow_name="quick",
-        run_id="submitted-1",
         created_at=CREATED,
-        status=bz.RunStatus.RUNNING,
-        state={},
-        pending_events=[],
-        collect_buffers={},
-        input_requests=[],
-        usage=bz.UsageTotals(),
-        history=[],
-        metadata={
-            "__blazen_submitted_start": {"type_id": "blazen.StartEvent", "payload": {"data": 7}}
-        },
-        session_refs={},
+        metadata={"__blazen_submitted_start": start},
     )
+
+
+def map_layout(value: Any) -> Any:
+    """`value` as builtins with every Struct a map of its fields, those at their defaults left
+    out: how releases before snapshot version 3 (journal version 2) wrote events, pending
+    events and child memos (which left out defaults), and what their readers accepted."""
+    if isinstance(value, msgspec.Struct):
+        return {
+            field.encode_name: map_layout(getattr(value, field.name))
+            for field in msgspec.structs.fields(value)
+            if not _is_default(field, getattr(value, field.name))
+        }
+    if isinstance(value, list | tuple):
+        return [map_layout(item) for item in value]
+    if isinstance(value, dict):
+        return {key: map_layout(item) for key, item in value.items()}
+    return msgspec.to_builtins(value)
+
+
+def _is_default(field: msgspec.structs.FieldInfo, value: Any) -> bool:
+    if field.default_factory is not msgspec.NODEFAULT:
+        return bool(value == field.default_factory())
+    return field.default is not msgspec.NODEFAULT and bool(value == field.default)
