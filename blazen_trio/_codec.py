@@ -783,9 +783,6 @@ def decode_event(encoded: EncodedEvent, known: Mapping[str, type[Event]]) -> Eve
 
 
 # ---------------------------------------------------------------------------------------------
-# Snapshots
-
-# ---------------------------------------------------------------------------------------------
 # Layouts: the map layout of older versions to today's array-like Structs
 
 Upgrade = Callable[[Any], Any]
@@ -868,7 +865,7 @@ _ERROR_PATH: Final = re.compile(r"`\$([^`]*)`$")
 _PATH_PART: Final = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 
 
-def name_fields(error: Exception, target: Any) -> str:
+def _name_fields(error: Exception, target: Any) -> str:
     """`error`'s message, a msgspec path in it (`$.pending_events[1][4]`) naming the fields of
     array-like Structs rather than their positions (`$.pending_events[1].attempt`)."""
     return _ERROR_PATH.sub(lambda found: _named_path(found[1], target), str(error))
@@ -1135,7 +1132,7 @@ def decode_record(data: bytes | bytearray | memoryview) -> JournalRecord:
         raw = _RECORD_TO_ARRAYS(_MSGPACK_ANY_DECODER.decode(sealed.record))
         return msgspec.convert(raw, JournalRecord)
     except Exception as exc:  # DecodeError, ValidationError, a required field missing, ...
-        raise SnapshotError(f"invalid journal record: {name_fields(exc, JournalRecord)}") from exc
+        raise SnapshotError(f"invalid journal record: {_name_fields(exc, JournalRecord)}") from exc
 
 
 def _unseal(
@@ -1188,7 +1185,7 @@ def _decode_current(data: Any, decoder: Any, codec: str) -> WorkflowSnapshot:
         raise
     except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
         raise SnapshotError(
-            f"invalid {codec} snapshot: {name_fields(exc, WorkflowSnapshot)}"
+            f"invalid {codec} snapshot: {_name_fields(exc, WorkflowSnapshot)}"
         ) from exc
     finally:
         _DECODING.reset(token)
@@ -1212,7 +1209,7 @@ def _from_raw(raw: dict[str, Any], migrations: Mapping[int, Migration] | None) -
     except SnapshotError:  # from __post_init__: it already says what is wrong
         raise
     except Exception as exc:  # ValidationError, RecursionError, ...
-        raise SnapshotError(f"invalid snapshot: {name_fields(exc, WorkflowSnapshot)}") from exc
+        raise SnapshotError(f"invalid snapshot: {_name_fields(exc, WorkflowSnapshot)}") from exc
 
 
 def _migrate(
@@ -1293,7 +1290,7 @@ def encoded_event_from_builtins(raw: Any) -> EncodedEvent:
     try:
         return msgspec.convert(_EVENT_TO_ARRAY(raw), EncodedEvent)
     except Exception as exc:  # ValidationError, a required field missing, ...
-        raise SnapshotError(f"not an encoded event: {name_fields(exc, EncodedEvent)}") from exc
+        raise SnapshotError(f"not an encoded event: {_name_fields(exc, EncodedEvent)}") from exc
 
 
 def encode_encoded_event(event: EncodedEvent) -> bytes:

@@ -710,9 +710,10 @@ class Workflow:
         if snapshot is None or snapshot.status in FINISHED:
             return None
         check_workflow_name(snapshot, self.name)
-        start = submitted_start(snapshot)
-        if start is not None and snapshot.routed_seq == 0 and not snapshot.pending_events:
-            # Not started yet (records so far are only a client's pause and resume).
+        # Not started yet (records so far are only a client's pause and resume)?
+        fresh = snapshot.routed_seq == 0 and not snapshot.pending_events
+        start = submitted_start(snapshot) if fresh else None
+        if start is not None:
             event = decode_event(start, self._known())
             return Run(
                 self, store=store, run_id=run_id, start=event, journal_seq=snapshot.journal_seq
