@@ -49,7 +49,7 @@ class Work:
     source: str | None
     attempt: int
     seq: int = 0
-    children: list[ChildMemo] = attrs.Factory(list)
+    children: tuple[ChildMemo, ...] = ()
 
 
 @attrs.frozen
@@ -295,9 +295,7 @@ def _pending(
                 f"snapshot pending_events[{index}] gives step {step!r} an event of type "
                 f"{item.event.type_id!r}, which the step does not accept"
             )
-        pending.append(
-            Work(step, event, item.source_step, item.attempt, item.seq, list(item.children))
-        )
+        pending.append(Work(step, event, item.source_step, item.attempt, item.seq, item.children))
     return pending
 
 

@@ -28,10 +28,12 @@ import binascii
 import datetime as dt
 import decimal
 import enum
+import functools
 import math
 import pathlib
 import pickle
 import pkgutil
+import re
 import types
 import uuid
 import zlib
@@ -781,26 +783,130 @@ def decode_event(encoded: EncodedEvent, known: Mapping[str, type[Event]]) -> Eve
 
 
 # ---------------------------------------------------------------------------------------------
+# Layouts: the map layout of older versions to today's array-like Structs
+
+Upgrade = Callable[[Any], Any]
+"""Rewrites a raw value (plain builtins, as decoded untyped) into today's layout."""
+
+_REQUIRED: Final = object()
+
+
+def to_array_layout(target: Any) -> Upgrade:
+    """The upgrade of raw values of type `target` written while its array-like Structs were
+    maps: each such map becomes the list of the Struct's fields in order (a field the map
+    left out takes its default). Walks `target`'s Structs, collections, dicts and optionals;
+    what is not a map where one was written is left for the typed decoding to judge.
+    """
+    return _layout_upgrade(msgspec.inspect.type_info(target)) or _unchanged
+
+
+def _unchanged(raw: Any) -> Any:
+    return raw
+
+
+def _layout_upgrade(info: msgspec.inspect.Type) -> Upgrade | None:
+    """The upgrade of a value of `info`; None when no array-like Struct can be inside it."""
+    if isinstance(info, msgspec.inspect.StructType):
+        fields = [(f.encode_name, _layout_upgrade(f.type), _raw_default(f)) for f in info.fields]
+        if info.array_like:
+            return functools.partial(_map_to_array, info.cls.__name__, fields)
+        changed = [(name, upgrade) for name, upgrade, _ in fields if upgrade is not None]
+        return functools.partial(_upgrade_fields, changed) if changed else None
+    if isinstance(info, msgspec.inspect.CollectionType):
+        item = _layout_upgrade(info.item_type)
+        return None if item is None else functools.partial(_upgrade_items, item)
+    if isinstance(info, msgspec.inspect.DictType):
+        value = _layout_upgrade(info.value_type)
+        return None if value is None else functools.partial(_upgrade_values, value)
+    if isinstance(info, msgspec.inspect.UnionType):
+        found = [upgrade for upgrade in map(_layout_upgrade, info.types) if upgrade is not None]
+        if len(found) > 1:  # a map could be either member: refuse the type, at import
+            raise TypeError(f"cannot tell which member of {info} a raw value belongs to")
+        return found[0] if found else None
+    return None
+
+
+def _raw_default(field: msgspec.inspect.Field) -> Any:
+    if field.required:
+        return _REQUIRED
+    factory = field.default_factory
+    return msgspec.to_builtins(field.default if factory is msgspec.NODEFAULT else factory())
+
+
+def _map_to_array(name: str, fields: list[tuple[str, Upgrade | None, Any]], raw: Any) -> Any:
+    if type(raw) is not dict:
+        return raw
+    out: list[Any] = []
+    for key, upgrade, default in fields:
+        if key in raw:
+            out.append(raw[key] if upgrade is None else upgrade(raw[key]))
+        elif default is _REQUIRED:
+            raise ValueError(f"{name}: required field {key!r} is missing")
+        else:
+            out.append(default)
+    return out
+
+
+def _upgrade_fields(fields: list[tuple[str, Upgrade]], raw: Any) -> Any:
+    if type(raw) is not dict:
+        return raw
+    return {**raw, **{key: upgrade(raw[key]) for key, upgrade in fields if key in raw}}
+
+
+def _upgrade_items(upgrade: Upgrade, raw: Any) -> Any:
+    return [upgrade(item) for item in raw] if type(raw) is list else raw
+
+
+def _upgrade_values(upgrade: Upgrade, raw: Any) -> Any:
+    return {key: upgrade(value) for key, value in raw.items()} if type(raw) is dict else raw
+
+
+_ERROR_PATH: Final = re.compile(r"`\$([^`]*)`$")
+_PATH_PART: Final = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _name_fields(error: Exception, target: Any) -> str:
+    """`error`'s message, a msgspec path in it (`$.pending_events[1][4]`) naming the fields of
+    array-like Structs rather than their positions (`$.pending_events[1].attempt`)."""
+    return _ERROR_PATH.sub(lambda found: _named_path(found[1], target), str(error))
+
+
+def _named_path(path: str, target: Any) -> str:
+    info: msgspec.inspect.Type | None = msgspec.inspect.type_info(target)
+    named = "`$"
+    for name, index in _PATH_PART.findall(path):
+        if isinstance(info, msgspec.inspect.UnionType):  # an optional: its other type
+            info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+        if isinstance(info, msgspec.inspect.StructType):
+            field = info.fields[int(index)] if index else _field_named(info, name)
+            named, info = f"{named}.{field.name}", field.type
+        elif isinstance(info, msgspec.inspect.CollectionType):
+            named, info = f"{named}[{index}]", info.item_type
+        elif isinstance(info, msgspec.inspect.DictType):
+            named, info = f"{named}[{index}]", info.value_type
+        else:  # inside an `Any`: as msgspec wrote it
+            named, info = named + (f".{name}" if name else f"[{index}]"), None
+    return named + "`"
+
+
+def _field_named(info: msgspec.inspect.StructType, encode_name: str) -> msgspec.inspect.Field:
+    return next(field for field in info.fields if field.encode_name == encode_name)
+
+
+# ---------------------------------------------------------------------------------------------
 # Snapshots
 
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3
 """The snapshot format this blazen_trio writes; older ones are migrated on decoding.
 
-Version 2 seals the document: `{"version": 2, "crc32": N, "snapshot": {...}}`, N the CRC-32 of
-the exact bytes of `snapshot`. Version 1 was the bare document, with no checksum.
+Version 3 writes events, pending events and child memos as arrays of their fields (see
+`EncodedEvent`). Version 2 sealed the document: `{"version": 2, "crc32": N, "snapshot":
+{...}}`, N the CRC-32 of the exact bytes of `snapshot`. Version 1 was the bare document, with
+no checksum.
 """
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 """Upgrades a raw snapshot (plain builtins) of version N to version N + 1."""
-
-
-def _from_version_1(raw: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 changed only the sealing around the document, not the document."""
-    return raw
-
-
-DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType({1: _from_version_1})
-"""The built-in migrations, keyed by the version they upgrade from."""
 
 
 @final
@@ -898,6 +1004,26 @@ class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True):
         return _unseal(data, _JSON, "JSON", migrations)
 
 
+def _from_version_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 changed only the sealing around the document, not the document."""
+    return raw
+
+
+_SNAPSHOT_TO_ARRAYS: Final = to_array_layout(WorkflowSnapshot)
+
+
+def _from_version_2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 writes events, pending events and child memos as arrays, not maps."""
+    upgraded: dict[str, Any] = _SNAPSHOT_TO_ARRAYS(raw)
+    return upgraded
+
+
+DEFAULT_MIGRATIONS: Final[Mapping[int, Migration]] = types.MappingProxyType(
+    {1: _from_version_1, 2: _from_version_2}
+)
+"""The built-in migrations, keyed by the version they upgrade from."""
+
+
 def check_workflow_name(snapshot: WorkflowSnapshot, name: str) -> None:
     """Raise `SnapshotError` unless `snapshot` was taken from the workflow called `name`."""
     if snapshot.workflow_name != name:
@@ -960,11 +1086,17 @@ class _SealedRecord(msgspec.Struct, frozen=True):
     record: msgspec.Raw
 
 
-JOURNAL_VERSION: Final = 1
-"""The journal record format this blazen_trio writes."""
+JOURNAL_VERSION: Final = 2
+"""The journal record format this blazen_trio writes.
+
+Version 2 writes events, pending events and child memos as arrays, as snapshot version 3
+does; version 1 records (maps) are upgraded when read.
+"""
 
 _RECORD: Final = msgspec.msgpack.Decoder(JournalRecord)
 _SEALED_RECORD: Final = msgspec.msgpack.Decoder(_SealedRecord)
+_RECORD_TO_ARRAYS: Final = to_array_layout(JournalRecord)
+_MSGPACK_ANY_DECODER: Final = msgspec.msgpack.Decoder()
 
 
 def encode_record(record: JournalRecord) -> bytes:
@@ -979,7 +1111,8 @@ def encode_record(record: JournalRecord) -> bytes:
 
 
 def decode_record(data: bytes | bytearray | memoryview) -> JournalRecord:
-    """The record `encode_record` wrote; `SnapshotError` for corrupt or newer data."""
+    """The record `encode_record` wrote, of this version or an older one; `SnapshotError` for
+    corrupt data or a version this blazen_trio does not know."""
     try:
         sealed = _SEALED_RECORD.decode(data)
     except Exception as exc:  # DecodeError, ValidationError, ...
@@ -989,12 +1122,17 @@ def decode_record(data: bytes | bytearray | memoryview) -> JournalRecord:
             f"journal record version {sealed.version} is newer than this blazen_trio supports "
             f"({JOURNAL_VERSION})"
         )
+    if sealed.version < 1:
+        raise SnapshotError(f"journal record version {sealed.version} never existed")
     if zlib.crc32(sealed.record) != sealed.crc32:
         raise SnapshotError("journal record is corrupt: its CRC-32 does not match its bytes")
     try:
-        return _RECORD.decode(sealed.record)
-    except Exception as exc:  # DecodeError, ValidationError, ...
-        raise SnapshotError(f"invalid journal record: {exc}") from exc
+        if sealed.version == JOURNAL_VERSION:
+            return _RECORD.decode(sealed.record)
+        raw = _RECORD_TO_ARRAYS(_MSGPACK_ANY_DECODER.decode(sealed.record))
+        return msgspec.convert(raw, JournalRecord)
+    except Exception as exc:  # DecodeError, ValidationError, a required field missing, ...
+        raise SnapshotError(f"invalid journal record: {_name_fields(exc, JournalRecord)}") from exc
 
 
 def _unseal(
@@ -1046,7 +1184,9 @@ def _decode_current(data: Any, decoder: Any, codec: str) -> WorkflowSnapshot:
     except SnapshotError:  # from __post_init__: it already says what is wrong
         raise
     except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
-        raise SnapshotError(f"invalid {codec} snapshot: {exc}") from exc
+        raise SnapshotError(
+            f"invalid {codec} snapshot: {_name_fields(exc, WorkflowSnapshot)}"
+        ) from exc
     finally:
         _DECODING.reset(token)
     return snapshot
@@ -1069,7 +1209,7 @@ def _from_raw(raw: dict[str, Any], migrations: Mapping[int, Migration] | None) -
     except SnapshotError:  # from __post_init__: it already says what is wrong
         raise
     except Exception as exc:  # ValidationError, RecursionError, ...
-        raise SnapshotError(f"invalid snapshot: {exc}") from exc
+        raise SnapshotError(f"invalid snapshot: {_name_fields(exc, WorkflowSnapshot)}") from exc
 
 
 def _migrate(
@@ -1141,7 +1281,16 @@ def _problems(snapshot: WorkflowSnapshot, *, deep: bool) -> list[str]:
     return problems
 
 
-_ENCODED_EVENT: Final = msgspec.msgpack.Decoder(EncodedEvent)
+_EVENT_TO_ARRAY: Final = to_array_layout(EncodedEvent)
+
+
+def encoded_event_from_builtins(raw: Any) -> EncodedEvent:
+    """The `EncodedEvent` that `msgspec.to_builtins` made into `raw`, in today's layout or the
+    map of older versions; `SnapshotError` for anything else."""
+    try:
+        return msgspec.convert(_EVENT_TO_ARRAY(raw), EncodedEvent)
+    except Exception as exc:  # ValidationError, a required field missing, ...
+        raise SnapshotError(f"not an encoded event: {_name_fields(exc, EncodedEvent)}") from exc
 
 
 def encode_encoded_event(event: EncodedEvent) -> bytes:
@@ -1150,8 +1299,10 @@ def encode_encoded_event(event: EncodedEvent) -> bytes:
 
 
 def decode_encoded_event(data: bytes | bytearray | memoryview) -> EncodedEvent:
-    """What `encode_encoded_event` wrote; `SnapshotError` for bytes that are not one."""
+    """What `encode_encoded_event` wrote, today or (as a map) before snapshot version 3;
+    `SnapshotError` for bytes that are not one."""
     try:
-        return _ENCODED_EVENT.decode(data)
-    except Exception as exc:  # DecodeError, ValidationError, ...
+        raw = _MSGPACK_ANY_DECODER.decode(data)
+    except Exception as exc:  # DecodeError, RecursionError, ...
         raise SnapshotError(f"not an encoded event: {exc}") from exc
+    return encoded_event_from_builtins(raw)

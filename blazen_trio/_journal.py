@@ -136,7 +136,7 @@ def _with_attempt(item: PendingEvent, attempt: int) -> PendingEvent:
 
 def _with_child(item: PendingEvent, child: ChildMemo) -> PendingEvent:
     others = [memo for memo in item.children if memo.index != child.index]
-    return msgspec.structs.replace(item, children=[*others, child])
+    return msgspec.structs.replace(item, children=(*others, child))
 
 
 def _apply_buffers(buffers: dict[str, list[EncodedEvent]], record: JournalRecord) -> None:

@@ -39,7 +39,7 @@ from ._codec import (
 )
 from ._errors import CheckpointStoreError, RunFinished, UnknownInputRequest
 from ._journal import fold
-from ._queue import SUBMITTED_START_KEY, Control, ControlOp, Lease
+from ._queue import Control, ControlOp, Lease, submitted_start
 from ._records import CheckpointInfo, EncodedEvent, JournalRecord, RunInfo, RunStatus
 from ._stores import (
     AUTO,
@@ -377,8 +377,8 @@ class _Db:
                 f"run id {run_id!r} is taken by a run that was not submitted (started in a process)"
             )
         base = self.decode(run_id, "the base snapshot", WorkflowSnapshot.from_bytes, data)
-        start = base.metadata.get(SUBMITTED_START_KEY)
-        if start is not None and start != snapshot.metadata.get(SUBMITTED_START_KEY):
+        start = submitted_start(base)
+        if start is not None and start != submitted_start(snapshot):
             raise CheckpointStoreError(
                 f"run id {run_id!r} was submitted with another input: a submit is idempotent "
                 "only with the same workflow and input"

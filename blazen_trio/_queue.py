@@ -14,13 +14,24 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ._codec import WorkflowSnapshot
+from ._codec import WorkflowSnapshot, encoded_event_from_builtins
 from ._records import EncodedEvent
 from ._stores import CheckpointStore
 
 SUBMITTED_START_KEY: Final = "__blazen_submitted_start"
 """Base snapshot metadata of a submitted run: its start event (an `EncodedEvent` as builtins),
 routed by the worker that first claims it."""
+
+
+def submitted_start(snapshot: WorkflowSnapshot) -> EncodedEvent | None:
+    """The start event a client submitted the run with, if it was submitted.
+
+    Read with `encoded_event_from_builtins`: a run submitted before snapshot version 3 keeps
+    the event as a map in its metadata (metadata is never migrated), today's as an array.
+    """
+    start = snapshot.metadata.get(SUBMITTED_START_KEY)
+    return None if start is None else encoded_event_from_builtins(start)
+
 
 DEFAULT_LEASE: Final = 30.0
 """Seconds a claim lasts without a heartbeat (workers renew every third of it)."""

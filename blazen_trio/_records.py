@@ -178,15 +178,20 @@ class SerializedRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 @final
-class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An event in a snapshot: its type id and `{field name: wire form}`."""
+class EncodedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
+    """An event in a snapshot: its type id and `{field name: wire form}`.
+
+    Array-like, as are `ChildMemo` and `PendingEvent`: on the wire a list of the fields in
+    declaration order, so a snapshot does not repeat field names per event. A field added
+    later goes last, with a default, so that older (shorter) lists still decode.
+    """
 
     type_id: str
     payload: dict[str, Any]
 
 
 @final
-class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
     """A sub-workflow of a step invocation, kept so a re-run of the step does not redo it.
 
     `index` counts the `ctx.run_workflow` calls of the invocation. A finished child has its
@@ -200,21 +205,23 @@ class ChildMemo(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaul
 
 
 @final
-class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
     """An event routed but not yet handled: it is delivered on resume.
 
     `target_step` is set when the event is owed to one step only (say, the input of an
-    in-flight step put back); `attempt` is that invocation's attempt number.
+    in-flight step put back); `attempt` is that invocation's attempt number. The fields that
+    are usually at their defaults come last.
     """
 
     event: EncodedEvent
     source_step: str | None = None
     target_step: str | None = None
-    attempt: Attempt = 1
     seq: Count = 0
     """The run's routing order of the event (0 in snapshots written before it was kept)."""
-    children: list[ChildMemo] = []
-    """Sub-workflows the delivery's step started: finished ones, and snapshots of the others."""
+    attempt: Attempt = 1
+    children: tuple[ChildMemo, ...] = ()
+    """Sub-workflows the delivery's step started: finished ones, and snapshots of the others.
+    A tuple: decoding gives every pending event the one empty tuple, not a list of its own."""
 
 
 @final

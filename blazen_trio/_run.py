@@ -376,11 +376,11 @@ def _is_definition(value: object) -> TypeGuard[RunDefinition]:
     return True
 
 
-def _child_memos(invocation: Invocation) -> list[ChildMemo]:
+def _child_memos(invocation: Invocation) -> tuple[ChildMemo, ...]:
     """The invocation's sub-workflows as a snapshot keeps them: results, or snapshots."""
     memos = []
     if invocation.family is None:
-        return []
+        return ()
     for index, done in sorted(invocation.family.memo.items()):
         if isinstance(done, WorkflowResult):
             done = ChildMemo(index=index, run_id=done.run_id, result=encode_event(done.event))
@@ -389,7 +389,7 @@ def _child_memos(invocation: Invocation) -> list[ChildMemo]:
         ChildMemo(index=index, run_id=child.run_id, snapshot=child.capture().to_bytes())
         for index, child in sorted(invocation.children.items())
     )
-    return memos
+    return tuple(memos)
 
 
 class _ActiveClock:

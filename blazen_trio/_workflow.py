@@ -46,9 +46,8 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._history import DEFAULT_HISTORY_LIMIT
-from ._queue import DEFAULT_LEASE, SUBMITTED_START_KEY, Lease, RunQueue, new_owner
+from ._queue import DEFAULT_LEASE, Lease, RunQueue, new_owner, submitted_start
 from ._records import (
-    EncodedEvent,
     PendingEvent,
     RunStatus,
     SessionPausePolicy,
@@ -711,11 +710,11 @@ class Workflow:
         if snapshot is None or snapshot.status in FINISHED:
             return None
         check_workflow_name(snapshot, self.name)
-        start = snapshot.metadata.get(SUBMITTED_START_KEY)
-        if start is not None and snapshot.routed_seq == 0 and not snapshot.pending_events:
-            # Not started yet (records so far are only a client's pause and resume).
-            encoded = msgspec.convert(start, EncodedEvent)
-            event = decode_event(encoded, self._known())
+        # Not started yet (records so far are only a client's pause and resume)?
+        fresh = snapshot.routed_seq == 0 and not snapshot.pending_events
+        start = submitted_start(snapshot) if fresh else None
+        if start is not None:
+            event = decode_event(start, self._known())
             return Run(
                 self, store=store, run_id=run_id, start=event, journal_seq=snapshot.journal_seq
             )

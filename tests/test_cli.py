@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+import _legacy_formats as legacy
 import pytest
 import trio
 
@@ -138,6 +139,16 @@ def test_inspect_summarizes_a_snapshot_file(
     assert summary["workflow"] == "word-report"
     assert summary["run_id"] == snapshot.run_id
     assert sum(summary["pending_events"].values()) == len(snapshot.pending_events)
+
+
+@pytest.mark.parametrize("name", ["snapshot_v2.msgpack", "snapshot_v2.json"])
+def test_inspect_reads_a_snapshot_file_of_the_version_2_release(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", str(legacy.FORMATS / name)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["run_id"] == legacy.RUN_ID
+    assert summary["pending_events"] == {"tests.Item": 2, "tests.Part": 1}
 
 
 def test_run_resumes_a_snapshot_file(

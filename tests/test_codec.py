@@ -1,4 +1,5 @@
-"""The value and event codec: exact round trips through a JSON-native wire form, clear errors."""
+"""The value and event codec: exact round trips through a JSON-native wire form, clear errors;
+journal records and queued answers, of this version and of the map layout before it."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import pathlib
 import pickle
 import threading
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Any
 
+import _legacy_formats as legacy
 import attrs
 import msgspec
 import pytest
-from _snapshot_strategies import supported_values, wire_forms
+from _legacy_formats import map_layout
+from _snapshot_strategies import snapshots, supported_values, wire_forms
 from hypothesis import given, strategies as st
 
 from blazen_trio import (
@@ -32,13 +36,27 @@ from blazen_trio import (
     event_type_id,
 )
 from blazen_trio._codec import (
+    JOURNAL_VERSION,
+    WorkflowSnapshot,
+    decode_encoded_event,
     decode_event,
+    decode_record,
     decode_value,
+    encode_encoded_event,
     encode_event,
+    encode_record,
     encode_value,
+    encoded_event_from_builtins,
     known_event_types,
+    to_array_layout,
 )
-from blazen_trio._records import EncodedEvent, SessionRef
+from blazen_trio._records import (
+    BufferOp,
+    EncodedEvent,
+    JournalRecord,
+    PendingEvent,
+    SessionRef,
+)
 
 # --- values defined at module level, so the codec can name their classes --------------------
 
@@ -624,3 +642,133 @@ def test_a_value_that_is_not_a_wire_form_fails_its_decoding_naming_the_key(bad: 
     """Decoding a snapshot checks structure only; each value is checked when resumed, here."""
     with pytest.raises(SnapshotError, match="key 'x'"):
         decode_value(bad, key="x")
+
+
+# --- journal records and queued answers: this version's layout, and the maps before it -------
+
+
+def sealed_record(version: int, body: bytes) -> bytes:
+    """A journal record as `encode_record` seals it, claiming `version`."""
+    return msgspec.msgpack.encode(
+        {"version": version, "crc32": zlib.crc32(body), "record": msgspec.Raw(body)}
+    )
+
+
+def record_of(snapshot: WorkflowSnapshot) -> JournalRecord:
+    """A journal record holding every part of `snapshot` that has events in it."""
+    memos = [memo for item in snapshot.pending_events for memo in item.children]
+    return JournalRecord(
+        seq=1,
+        at=1.5,
+        routed=snapshot.pending_events,
+        requests=snapshot.input_requests,
+        response=snapshot.input_responses[0] if snapshot.input_responses else None,
+        child=memos[0] if memos else None,
+        buffers=[
+            BufferOp(step=step, event=event, taken=index % 2 == 1)
+            for step, events in snapshot.collect_buffers.items()
+            for index, event in enumerate(events)
+        ],
+        result=snapshot.result,
+        state_set=snapshot.state,
+        history=snapshot.history,
+        refs_inserted=snapshot.session_refs,
+        usage=snapshot.usage,
+    )
+
+
+@given(snapshots)
+def test_any_record_round_trips_and_reads_from_the_version_1_map_layout(
+    snapshot: WorkflowSnapshot,
+) -> None:
+    record = record_of(snapshot)
+    assert decode_record(encode_record(record)) == record
+    version_1 = sealed_record(1, msgspec.msgpack.encode(map_layout(record)))
+    assert decode_record(version_1) == record
+
+
+def test_records_written_by_the_version_1_release_decode_to_the_same_records() -> None:
+    """Bytes written by that release (tests/formats), not by a test's idea of them."""
+    stored = msgspec.msgpack.decode((legacy.FORMATS / "journal_v1.msgpack").read_bytes())
+    assert {msgspec.msgpack.decode(data)["version"] for data in stored} == {1}
+    assert [decode_record(data) for data in stored] == legacy.records()
+
+
+def test_records_are_written_at_version_2_with_array_events() -> None:
+    assert JOURNAL_VERSION == 2
+    record = legacy.records()[0]
+    sealed = msgspec.msgpack.decode(encode_record(record))
+    assert sealed["version"] == 2
+    routed = sealed["record"]["routed"]
+    assert routed[0] == [["tests.Item", {"n": 4}], "parse", "fan", 3, 1, []]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (sealed_record(3, msgspec.msgpack.encode({"seq": 1, "at": 0.0})), "version 3 is newer"),
+        (sealed_record(0, msgspec.msgpack.encode({"seq": 1, "at": 0.0})), "0 never existed"),
+        (sealed_record(2, msgspec.msgpack.encode({"seq": 0, "at": 0.0})), "`$.seq`"),
+        (
+            sealed_record(2, msgspec.msgpack.encode({"seq": 1, "at": 0.0, "routed": [[["t"]]]})),
+            "at least length 2, got 1 - at `$.routed[0].event`",
+        ),
+        (
+            sealed_record(1, msgspec.msgpack.encode({"seq": 1, "at": 0.0, "routed": [{}]})),
+            "PendingEvent: required field 'event' is missing",
+        ),
+        (encode_record(legacy.records()[0])[:-1], "not a journal record"),
+        (encode_record(legacy.records()[0])[:-2] + b"xx", "CRC-32 does not match"),
+    ],
+    ids=["newer", "version 0", "bad field", "short array", "v1 missing field", "cut", "corrupt"],
+)
+def test_a_record_that_cannot_be_read_is_refused_saying_why(data: bytes, expected: str) -> None:
+    with pytest.raises(SnapshotError) as info:
+        decode_record(data)
+    assert expected in str(info.value)
+
+
+def test_a_queued_answer_of_the_release_before_decodes_and_new_ones_are_arrays() -> None:
+    old = (legacy.FORMATS / "answer_v1.msgpack").read_bytes()
+    assert isinstance(msgspec.msgpack.decode(old), dict)
+    assert decode_encoded_event(old) == legacy.ANSWER
+    new = encode_encoded_event(legacy.ANSWER)
+    assert isinstance(msgspec.msgpack.decode(new), list)
+    assert decode_encoded_event(new) == legacy.ANSWER
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "not an encoded event"),
+        (msgspec.msgpack.encode({"payload": {}}), "required field 'type_id' is missing"),
+        (msgspec.msgpack.encode([1, {}]), "Expected `str`, got `int` - at `$.type_id`"),
+    ],
+)
+def test_bytes_that_are_not_an_encoded_event_are_refused(data: bytes, expected: str) -> None:
+    with pytest.raises(SnapshotError, match="not an encoded event") as info:
+        decode_encoded_event(data)
+    assert expected in str(info.value)
+
+
+def test_an_encoded_event_reads_from_builtins_of_either_layout() -> None:
+    event = EncodedEvent(type_id="t", payload={"a": [1]})
+    assert encoded_event_from_builtins(msgspec.to_builtins(event)) == event
+    assert encoded_event_from_builtins({"type_id": "t", "payload": {"a": [1]}}) == event
+    with pytest.raises(SnapshotError, match="not an encoded event"):
+        encoded_event_from_builtins("t")
+
+
+def test_the_layout_upgrade_follows_the_type_and_leaves_everything_else_alone() -> None:
+    upgrade = to_array_layout(dict[str, list[PendingEvent | None]])
+    not_an_event = {"type_id": "x", "payload": {}}  # inside a payload (typed Any): user data
+    raw = {"a": [{"event": {"type_id": "t", "payload": not_an_event}, "seq": 2}, None, [1]]}
+    event = ["t", not_an_event]
+    as_json = msgspec.json.decode(msgspec.json.encode(upgrade(raw)))
+    assert as_json == {"a": [[event, None, None, 2, 1, []], None, [1]]}
+    assert to_array_layout(int)(raw) is raw
+
+
+def test_a_union_of_two_types_a_map_could_belong_to_cannot_be_upgraded() -> None:
+    with pytest.raises(TypeError, match="cannot tell which member"):
+        to_array_layout(EncodedEvent | dict[str, EncodedEvent])

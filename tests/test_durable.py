@@ -11,6 +11,7 @@ import datetime
 from collections import Counter
 from typing import Any
 
+import _legacy_formats as legacy
 import pytest
 import trio
 import trio.testing
@@ -157,6 +158,26 @@ async def test_recover_goes_on_from_the_last_commit_without_redoing_it(
 
 async def test_recover_with_nothing_to_do_returns_nothing() -> None:
     assert await fanning(Counter(), bz.MemoryCheckpointStore()).recover() == {}
+
+
+async def test_a_run_submitted_before_snapshot_version_3_is_started_from_its_stored_input() -> None:
+    """Its start event is a map in the base's metadata (tests/formats), which no migration
+    rewrites: recovery reads it in that layout."""
+    submitted = bz.WorkflowSnapshot.from_bytes(
+        await trio.Path(legacy.FORMATS / "submitted_v2.msgpack").read_bytes()
+    )
+    assert submitted.metadata == legacy.submitted().metadata
+
+    @bz.step
+    async def answer(ev: bz.StartEvent) -> bz.StopEvent:
+        return bz.StopEvent(result=ev.data * 6)
+
+    store = bz.MemoryCheckpointStore()
+    await store.save(submitted)
+    outcomes = await bz.Workflow("quick", [answer]).recover(store)
+    assert list(outcomes) == ["submitted-1"]
+    assert isinstance(outcomes["submitted-1"], bz.WorkflowResult)
+    assert outcomes["submitted-1"].result == 42
 
 
 async def test_the_same_run_id_attaches_instead_of_running_twice(

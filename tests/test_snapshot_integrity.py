@@ -107,27 +107,42 @@ async def test_an_untampered_snapshot_resumes(autojump_clock: trio.testing.MockC
     assert await resume_both_ways(reseal(document(await paused_snapshot()))) == "Hello, Ada!"
 
 
-def _pending(raw: Raw, step: str) -> Raw:
-    found: Raw = next(p for p in raw["pending_events"] if p["target_step"] == step)
+# Where a pending event's fields are in its array (`PendingEvent` is array-like).
+_AT = {field.name: index for index, field in enumerate(msgspec.structs.fields(bz.PendingEvent))}
+
+
+def _pending(raw: Raw, step: str) -> list[Any]:
+    found: list[Any] = next(p for p in raw["pending_events"] if p[_AT["target_step"]] == step)
     return found
 
 
+def _set_pending(field: str, value: Any) -> Callable[[Raw], None]:
+    def change(raw: Raw) -> None:
+        _pending(raw, "work")[_AT[field]] = value
+
+    return change
+
+
+def _set_type_id(raw: Raw) -> None:
+    _pending(raw, "work")[_AT["event"]][0] = "x.Nope"  # an event is [type_id, payload]
+
+
 TAMPERINGS: list[tuple[str, Callable[[Raw], None], str]] = [
-    ("unknown type id", lambda r: _pending(r, "work")["event"].update(type_id="x.Nope"), "x.Nope"),
+    ("unknown type id", _set_type_id, "x.Nope"),
     (
         "retargeted to a step that does not accept it",
-        lambda r: _pending(r, "work").update(target_step="unused"),
+        _set_pending("target_step", "unused"),
         "does not accept",
     ),
     ("buffer of a missing step", lambda r: r["collect_buffers"].update(gone=[]), "'gone'"),
-    ("work for a missing step", lambda r: _pending(r, "work").update(target_step="x"), "'x'"),
+    ("work for a missing step", _set_pending("target_step", "x"), "'x'"),
     (
         "dropped refs not a list",
         lambda r: r["metadata"].update({"__blazen_dropped_session_refs": 5}),
         "list of str",
     ),
-    ("attempt 0", lambda r: _pending(r, "work").update(attempt=0), "attempt"),
-    ("negative attempt", lambda r: _pending(r, "work").update(attempt=-(2**62)), "attempt"),
+    ("attempt 0", _set_pending("attempt", 0), "attempt"),
+    ("negative attempt", _set_pending("attempt", -(2**62)), "attempt"),
     ("usage count past 64 bits", lambda r: r["usage"].update(total_tokens=2**70), "total"),
     ("unknown ref lifetime", lambda r: _ref(r).update(lifetime="forever"), "lifetime"),
     ("unknown ref codec", lambda r: _ref(r).update(codec="json"), "codec"),
@@ -160,7 +175,7 @@ async def test_an_input_request_with_a_list_for_an_id_is_refused(
     request = bz.InputRequestEvent(prompt="?", request_id="r")
     wire = msgspec.json.decode(msgspec.json.encode(request))
     wire["request_id"] = ["not", "a", "str"]
-    raw["input_requests"] = [{"type_id": "blazen.InputRequestEvent", "payload": wire}]
+    raw["input_requests"] = [["blazen.InputRequestEvent", wire]]
     with pytest.raises(bz.SnapshotError, match="request_id"):
         await resume_both_ways(reseal(raw))
 
@@ -304,14 +319,22 @@ def test_a_truncation_is_refused(length: int) -> None:
 
 # Structural edits an attacker can reseal; user data (state values, event payloads) is left
 # alone: changing it legitimately changes the result.
-_NOT_USER_DATA = ("state", "payload", "data", "metadata", "history")
+_NOT_USER_DATA = ("state", "data", "metadata", "history")
+
+
+def _is_event(node: Any) -> bool:
+    """An encoded event, `[type_id, payload]` (no other part of a snapshot is a str and a
+    dict): its payload is user data."""
+    return type(node) is list and len(node) == 2 and type(node[0]) is str and type(node[1]) is dict
 
 
 def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     if path and path[-1] in _NOT_USER_DATA:
         return []
     found = [path] if path else []
-    if isinstance(node, dict):
+    if _is_event(node):
+        found.append((*path, 0))
+    elif isinstance(node, dict):
         for key, value in node.items():
             found += _paths(value, (*path, key))
     elif isinstance(node, list):

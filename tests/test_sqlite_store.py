@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import _legacy_formats as legacy
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -239,6 +241,37 @@ async def test_a_stored_item_with_a_bad_checksum_fails_load(path: pathlib.Path, 
             await store.load("run-0", at=3)
         assert isinstance(caught.value.__cause__, bz.SnapshotError)
         assert [info.seq for info in await store.history("run-0")] == [1, 2, 3]
+
+
+def stored_versions(path: pathlib.Path) -> tuple[list[int], list[int]]:
+    """The versions of the bases and of the records the file holds."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        bases = [row[0] for row in connection.execute("SELECT base FROM bases")]
+        records = [row[0] for row in connection.execute("SELECT data FROM records")]
+    return [msgspec.msgpack.decode(data)["version"] for data in bases], [
+        msgspec.msgpack.decode(data)["version"] for data in records
+    ]
+
+
+async def test_a_file_of_the_version_2_release_loads_and_goes_on_in_todays_formats(
+    path: pathlib.Path,
+) -> None:
+    """A file written by that release (tests/formats): a version 2 base, version 1 records."""
+    await trio.Path(path).write_bytes(
+        await trio.Path(legacy.FORMATS / "store_v2.sqlite").read_bytes()
+    )
+    assert await trio.to_thread.run_sync(stored_versions, path) == ([2], [1, 1, 1, 1])
+    later = bz.JournalRecord(seq=5, at=1.7e9 + 6, state_set={"after": 1})
+    async with bz.SqliteCheckpointStore(path, compact_every=5) as store:
+        snapshot = await loaded(store, legacy.RUN_ID)
+        child = snapshot.pending_events[1].children[1].snapshot
+        assert child is not None
+        old = legacy.records()
+        assert snapshot == fold(legacy.base(child), old)
+        assert await store.load(legacy.RUN_ID, at=2) == fold(legacy.base(child), old[:2])
+        await store.append(legacy.RUN_ID, later)  # the fifth record: compacted into a new base
+        assert await store.load(legacy.RUN_ID) == fold(legacy.base(child), [*old, later])
+    assert await trio.to_thread.run_sync(stored_versions, path) == ([3], [])
 
 
 def flip_last_byte(path: pathlib.Path, table: str, column: str, where: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import _legacy_formats as legacy
 import msgspec
 import pytest
 import trio
@@ -245,6 +246,35 @@ async def test_submit_is_idempotent_by_run_id_and_refuses_a_conflicting_one(
     assert set(effects(dsn).values()) == {1}
     with trio.fail_after(5), pytest.raises(bz.CheckpointStoreError, match="no run 'nobody'"):
         await client.result("nobody")
+
+
+async def test_a_submission_and_a_queued_answer_stored_by_the_version_2_release_still_read(
+    dsn: str, store: PostgresCheckpointStore
+) -> None:
+    """Rows as that release wrote them (tests/formats): a submitted run's base, its start
+    event a map in the metadata, and an answer queued for the run's holder, a map too."""
+    formats = trio.Path(legacy.FORMATS)
+    await store.submit(legacy.submitted())
+    base = await (formats / "submitted_v2.msgpack").read_bytes()
+    sql = "UPDATE blazen_trio_runs SET base = %s WHERE run_id = %s RETURNING run_id"
+    assert await row(dsn, sql, base, "submitted-1") == ("submitted-1",)
+    client = bz.WorkflowClient(store)
+    assert await client.submit("quick", 7, run_id="submitted-1") == "submitted-1"  # the same
+    with pytest.raises(bz.CheckpointStoreError, match="submitted with another input"):
+        await client.submit("quick", 8, run_id="submitted-1")
+    lease = await store.take("submitted-1", "test", LEASE)
+    assert lease is not None
+    answer = await (formats / "answer_v1.msgpack").read_bytes()
+    sql = (
+        "INSERT INTO blazen_trio_controls (run_id, op, request_id, answer) "
+        "VALUES (%s, 'respond', %s, %s) RETURNING id"
+    )
+    await row(dsn, sql, "submitted-1", legacy.REQUEST_ID, answer)
+    [queued] = await store.controls([lease])
+    assert queued.answer == legacy.ANSWER
+    await store.release(lease)  # carries the answer out: moot, the run asked nothing
+    async with bz.open_worker(store, [quick_workflow()], lease=LEASE, poll_interval=POLL):
+        assert (await client.result("submitted-1", poll_interval=POLL)).result == 7
 
 
 def quick_workflow() -> bz.Workflow:

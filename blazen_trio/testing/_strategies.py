@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from .._codec import WorkflowSnapshot, builtin_event_problem, encode_value
 from .._events import DynamicEvent, Event
 from .._records import (
+    ChildMemo,
     EncodedEvent,
     HistoryEntry,
     HistoryKind,
@@ -305,6 +306,13 @@ def snapshots() -> st.SearchStrategy[WorkflowSnapshot]:
     not for resuming.
     """
     encoded = _encoded_events()
+    children = st.builds(
+        ChildMemo,
+        index=st.integers(0, 10),
+        run_id=_NAMES,
+        result=st.none() | encoded,
+        snapshot=st.none() | st.binary(max_size=16),
+    )
     return st.builds(
         WorkflowSnapshot,
         workflow_name=_NAMES,
@@ -318,7 +326,9 @@ def snapshots() -> st.SearchStrategy[WorkflowSnapshot]:
                 event=encoded,
                 source_step=st.none() | _NAMES,
                 target_step=st.none() | _NAMES,
+                seq=_COUNTS,
                 attempt=st.integers(1, 10),
+                children=st.lists(children, max_size=2).map(tuple),
             ),
             max_size=3,
         ),
@@ -348,4 +358,6 @@ def snapshots() -> st.SearchStrategy[WorkflowSnapshot]:
         metadata=st.dictionaries(st.text(max_size=8), _wire_values(), max_size=3),
         session_refs=_session_refs(),
         active_time=_SECONDS,
+        result=st.none() | encoded,
+        input_responses=st.lists(encoded, max_size=2),
     )
