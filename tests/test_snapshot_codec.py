@@ -97,24 +97,25 @@ def make_snapshot(**changes: Any) -> WorkflowSnapshot:
 SAMPLE = make_snapshot()
 
 
-def sealed(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+def sealed(encode: Callable[[Any], bytes], *, binary: bool) -> Callable[[Any], bytes]:
     """Encode a raw document as `to_bytes` / `to_json` would: sealed with the CRC-32 of its
-    bytes, unless it claims to be a version 0 or 1 document (those were written bare)."""
+    bytes, unless it claims to be a version 0 or 1 document (those were written bare); a
+    `binary` format seals a version 3 document as a bin, earlier ones embedded."""
 
     def seal(raw: Any) -> bytes:
         version = raw.get("version") if isinstance(raw, dict) else None
         if not isinstance(raw, dict) or (type(version) is int and version < 2):
             return encode(raw)
         body = encode(raw)
-        return encode(
-            {"version": version, "crc32": zlib.crc32(body), "snapshot": msgspec.Raw(body)}
-        )
+        as_bin = binary and type(version) is int and version >= 3
+        document = body if as_bin else msgspec.Raw(body)
+        return encode({"version": version, "crc32": zlib.crc32(body), "snapshot": document})
 
     return seal
 
 
-msgpack_sealed = sealed(msgspec.msgpack.encode)
-json_sealed = sealed(msgspec.json.encode)
+msgpack_sealed = sealed(msgspec.msgpack.encode, binary=True)
+json_sealed = sealed(msgspec.json.encode, binary=False)
 FORMATS: list[tuple[str, Callable[[Any], bytes], Decode]] = [
     ("msgpack", msgpack_sealed, WorkflowSnapshot.from_bytes),
     ("json", json_sealed, WorkflowSnapshot.from_json),
@@ -345,7 +346,7 @@ def test_msgpack_only_values_in_wire_fields_are_refused() -> None:
     for bad in (float("nan"), float("inf"), b"raw", 2**64 - 1, msgspec.msgpack.Ext(1, b"x")):
         raw = raw_sample()
         raw["state"]["x"] = bad
-        decoded = WorkflowSnapshot.from_bytes(sealed(msgspec.msgpack.encode)(raw))
+        decoded = WorkflowSnapshot.from_bytes(msgpack_sealed(raw))
         with pytest.raises(SnapshotError, match=r"state is not a wire form .*\['x'\]"):
             decoded.validate()
 
@@ -575,6 +576,15 @@ def test_a_missing_or_wrong_checksum_is_refused(crc: Any) -> None:
     )
     with pytest.raises(SnapshotError, match=r"crc32|CRC-32"):
         WorkflowSnapshot.from_json(data)
+
+
+def test_messagepack_seals_the_document_as_a_bin() -> None:
+    # A bin is skipped in O(1) when the seal is read; an embedded document is walked over.
+    seal = msgspec.msgpack.decode(SAMPLE.to_bytes())
+    assert seal["version"] == SNAPSHOT_VERSION
+    assert type(seal["snapshot"]) is bytes
+    assert zlib.crc32(seal["snapshot"]) == seal["crc32"]
+    assert WorkflowSnapshot.from_bytes(msgspec.msgpack.encode(seal)) == SAMPLE
 
 
 def test_the_json_form_stays_readable() -> None:
