@@ -183,6 +183,16 @@ class StepSlot:
             self.returned = []
         self.returned.append(invocation)
 
+    def has_room(self, invocation: Invocation) -> bool:
+        """Take a slot of the step's limit for `invocation`, if one is free now."""
+        if self.limiter is None:
+            return True
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(invocation)
+        except trio.WouldBlock:
+            return False
+        return True
+
     def merge_returned(self) -> None:
         if self.returned:
             self.returned.sort(key=_seq_of)
@@ -210,6 +220,9 @@ IDLE_WORKERS: Final = 16
 """Workers a run keeps idle for the next invocations; more than that exit when done."""
 
 _NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
+
+_ENDS_OR_ASKS: Final = (StopEvent, InputRequestEvent)
+"""The events routing treats apart: a StopEvent ends the run, a request waits for input."""
 
 
 class Invocation(msgspec.Struct, eq=False):
@@ -1134,10 +1147,10 @@ class Run:
             if self.outcome is not None:
                 break
             event = envelope.event
-            if isinstance(event, StopEvent):
-                self._finish(event, RunStatus.COMPLETED)
-                break
-            if isinstance(event, InputRequestEvent):
+            if isinstance(event, _ENDS_OR_ASKS):
+                if isinstance(event, StopEvent):
+                    self._finish(event, RunStatus.COMPLETED)
+                    break
                 self._request_input(envelope)
                 continue
             targets = self._routes.get(type(event))
@@ -1147,28 +1160,21 @@ class Run:
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
             for index in targets:
-                invocation = Invocation(self.slots[index], envelope)
-                if self._admit(invocation):
+                slot = self.slots[index]
+                invocation = Invocation(slot, envelope)
+                # It starts now, unless the run is paused or the step has a queue or no room.
+                if (
+                    slot.queue
+                    or slot.returned
+                    or self._paused
+                    or (slot.limiter is not None and not slot.has_room(invocation))
+                ):
+                    slot.enqueue(invocation)
+                    self._queued += 1
+                else:
+                    self.in_flight.add(invocation)
                     ready.append(invocation)
         return ready
-
-    def _admit(self, invocation: Invocation) -> bool:
-        """Start the invocation now (True) or queue it (False): paused, or at its limit."""
-        slot = invocation.slot
-        if not slot.queue and not slot.returned and not self._paused:
-            if slot.limiter is None:
-                self.in_flight.add(invocation)
-                return True
-            try:
-                slot.limiter.acquire_on_behalf_of_nowait(invocation)
-            except trio.WouldBlock:
-                pass
-            else:
-                self.in_flight.add(invocation)
-                return True
-        slot.enqueue(invocation)
-        self._queued += 1
-        return False
 
     def _start_queued(self, slot: StepSlot) -> list[Invocation]:
         """Take invocations off a step's queue while the step has room."""
@@ -1178,11 +1184,8 @@ class Run:
         slot.merge_returned()
         while slot.queue:
             following = slot.queue[0]
-            if slot.limiter is not None:
-                try:
-                    slot.limiter.acquire_on_behalf_of_nowait(following)
-                except trio.WouldBlock:
-                    break
+            if not slot.has_room(following):
+                break
             slot.queue.popleft()
             self._queued -= 1
             self.in_flight.add(following)
