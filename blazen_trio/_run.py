@@ -183,8 +183,9 @@ class StepSlot:
             self.returned = []
         self.returned.append(invocation)
 
-    def has_room(self, invocation: Invocation) -> bool:
-        """Take a slot of the step's limit for `invocation`, if one is free now."""
+    def take_slot(self, invocation: Invocation) -> bool:
+        """Take one of the step's `max_concurrency` slots for `invocation` if one is free:
+        True if taken (always, for a step with no limit)."""
         if self.limiter is None:
             return True
         try:
@@ -1167,7 +1168,7 @@ class Run:
                     slot.queue
                     or slot.returned
                     or self._paused
-                    or (slot.limiter is not None and not slot.has_room(invocation))
+                    or (slot.limiter is not None and not slot.take_slot(invocation))
                 ):
                     slot.enqueue(invocation)
                     self._queued += 1
@@ -1184,7 +1185,7 @@ class Run:
         slot.merge_returned()
         while slot.queue:
             following = slot.queue[0]
-            if not slot.has_room(following):
+            if not slot.take_slot(following):
                 break
             slot.queue.popleft()
             self._queued -= 1
