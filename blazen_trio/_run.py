@@ -222,9 +222,6 @@ IDLE_WORKERS: Final = 16
 
 _NO_CHILDREN: Final[dict[int, Run]] = {}  # never written: read when an invocation has none
 
-_ENDS_OR_ASKS: Final = (StopEvent, InputRequestEvent)
-"""The events routing treats apart: a StopEvent ends the run, a request waits for input."""
-
 
 class Invocation(msgspec.Struct, eq=False):
     """One delivery of one event to one step: queued, then in flight until committed.
@@ -936,8 +933,8 @@ class Run:
         """
         current: Invocation | None = invocation
         with trio.CancelScope() as scope:
+            invocation.scope = scope
             while current is not None:
-                current.scope = scope
                 if self.outcome is not None:  # the run ended before this invocation started
                     return
                 if self._paused:  # dispatched before the pause but not started: it waits
@@ -950,6 +947,7 @@ class Run:
                     await trio.lowlevel.checkpoint()
                 elif self.outcome is None and len(self._idle or ()) < IDLE_WORKERS:
                     current = await self._next_invocation()
+                    current.scope = scope
         if scope.cancelled_caught and current is not None:
             self._record(HistoryKind.STEP_CANCELLED, step=current.slot.spec.name, detail="pause")
             self._requeue(current)
@@ -1073,11 +1071,14 @@ class Run:
             self.spawn(ready[1:])
         return ready[0]
 
-    def _outputs(self, invocation: Invocation, output: object) -> list[Event] | None:
+    def _outputs(self, invocation: Invocation, output: Any) -> list[Event] | None:
         """Sent events, then the returned ones; None (the run failed) for a wrong return.
 
         Sent events were checked when sent (`Invocation.send`).
         """
+        spec = invocation.slot.spec
+        if type(output) in spec._emits_checked:  # the usual return: one event, a checked type
+            return [*invocation.sent, output] if invocation.sent else [output]
         if isinstance(output, Event):
             returned: list[Event] = [output]
         elif output is None:
@@ -1085,9 +1086,8 @@ class Run:
         elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
             returned = output
         else:
-            self.fail(_bad_return(invocation.slot.spec, output))
+            self.fail(_bad_return(spec, output))
             return None
-        spec = invocation.slot.spec
         for event in returned:
             if type(event) in spec._emits_checked:
                 continue
@@ -1131,15 +1131,15 @@ class Run:
     ) -> list[Envelope]:
         """Give emitted events their routing order, up to the first StopEvent (which wins);
         `quiet`: not a new event for the history (restored work)."""
-        envelopes = []
+        envelopes: list[Envelope] = []
         for event in events:
+            if envelopes and isinstance(envelopes[-1].event, StopEvent):
+                break  # checked before the next event: a lone event costs no check
             self._seq += 1
             envelopes.append(Envelope(event, self._seq, source))
             if self.history is not None and not quiet:
                 type_id = event_type_id(event)
                 self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
-            if isinstance(event, StopEvent):
-                break
         return envelopes
 
     def _route(self, envelopes: Iterable[Envelope]) -> list[Invocation]:
@@ -1148,16 +1148,16 @@ class Run:
             if self.outcome is not None:
                 break
             event = envelope.event
-            if isinstance(event, _ENDS_OR_ASKS):
-                if isinstance(event, StopEvent):
-                    self._finish(event, RunStatus.COMPLETED)
-                    break
-                self._request_input(envelope)
-                continue
             targets = self._routes.get(type(event))
             if targets is None:  # a class not routed before: `targets` finds (and keeps) it
                 targets = self.workflow.targets(type(event))
-            if not targets:
+            if not targets:  # a StopEvent or an input request (never routed), or unhandled
+                if isinstance(event, StopEvent):
+                    self._finish(event, RunStatus.COMPLETED)
+                    break
+                if isinstance(event, InputRequestEvent):
+                    self._request_input(envelope)
+                    continue
                 self.fail(NoHandler(event_type_id(event), envelope.source))
                 break
             for index in targets:

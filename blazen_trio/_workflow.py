@@ -70,6 +70,7 @@ _NEVER_ROUTED: tuple[tuple[type[Event], str], ...] = (
         "goes to the caller or the input_handler and is never routed to a step",
     ),
 )
+_NEVER_ROUTED_TYPES: tuple[type[Event], ...] = tuple(cls for cls, _ in _NEVER_ROUTED)
 
 
 @final
@@ -532,13 +533,17 @@ class Workflow:
         return self._targets
 
     def targets(self, event_type: type[Event]) -> tuple[int, ...]:
-        """Indices of the steps an event of this type is routed to (cached per class)."""
+        """Indices of the steps an event of this type is routed to (cached per class); none
+        for a StopEvent or an input request, whatever base classes they share with an
+        accepted type: the run handles those itself."""
         found = self._targets.get(event_type)
         if found is None:
+            never_routed = issubclass(event_type, _NEVER_ROUTED_TYPES)
             found = tuple(
                 index
                 for index, spec in enumerate(self.steps)
-                if any(issubclass(event_type, accepted) for accepted in spec.accepts)
+                if not never_routed
+                and any(issubclass(event_type, accepted) for accepted in spec.accepts)
             )
             self._targets[event_type] = found
         return found

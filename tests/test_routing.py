@@ -377,6 +377,22 @@ async def test_first_stop_event_in_one_output_wins() -> None:
     assert (await bz.Workflow("twice", [stop_twice]).run()).result == "first"
 
 
+async def test_what_follows_the_first_stop_event_is_not_committed() -> None:
+    commits: list[bz.StepCommit] = []
+
+    @bz.step
+    async def stop_then_more(ev: bz.StartEvent) -> list[bz.StopEvent | Left]:
+        return [bz.StopEvent(result="first"), Left(), bz.StopEvent(result="second")]
+
+    @bz.step
+    async def never(ev: Left) -> None:
+        raise AssertionError("routed after the StopEvent")
+
+    workflow = bz.Workflow("cut", [stop_then_more, never])
+    assert (await workflow.run(on_commit=commits.append)).result == "first"
+    assert [commit.emitted for commit in commits] == [(bz.StopEvent(result="first"),)]
+
+
 async def test_a_sent_stop_event_wins_over_the_returned_one() -> None:
     @bz.step
     async def both(ctx: bz.Context, ev: bz.StartEvent) -> bz.StopEvent:
@@ -693,3 +709,28 @@ async def test_no_stall_while_another_step_is_running() -> None:
         return bz.StopEvent(result="late")
 
     assert (await bz.Workflow("busy", [fan_out, quiet, late]).run()).result == "late"
+
+
+class Verdict(bz.Event):
+    pass
+
+
+class FinalVerdict(bz.StopEvent, Verdict):
+    """A StopEvent that is also a Verdict, which a step accepts."""
+
+
+async def test_a_stop_event_ends_the_run_even_when_a_step_accepts_one_of_its_bases() -> None:
+    delivered: list[bz.Event] = []
+
+    @bz.step
+    async def judge(ev: bz.StartEvent) -> FinalVerdict:
+        return FinalVerdict(result="guilty")
+
+    @bz.step
+    async def appeal(ev: Verdict) -> bz.StopEvent:
+        delivered.append(ev)
+        return bz.StopEvent(result="appealed")
+
+    result = await bz.Workflow("court", [judge, appeal]).run()
+    assert result.result == "guilty"
+    assert delivered == []  # never routed: the run ended with it
