@@ -539,14 +539,16 @@ class Workflow:
         found = self._targets.get(event_type)
         if found is None:
             never_routed = issubclass(event_type, _NEVER_ROUTED_TYPES)
-            found = tuple(
-                index
-                for index, spec in enumerate(self.steps)
-                if not never_routed
-                and any(issubclass(event_type, accepted) for accepted in spec.accepts)
-            )
+            found = () if never_routed else self._accepting(event_type)
             self._targets[event_type] = found
         return found
+
+    def _accepting(self, event_type: type[Event]) -> tuple[int, ...]:
+        return tuple(
+            index
+            for index, spec in enumerate(self.steps)
+            if any(issubclass(event_type, accepted) for accepted in spec.accepts)
+        )
 
     def check_portable(self, snapshot: WorkflowSnapshot) -> None:
         """Refuse a snapshot with a script's event that another process could not re-type."""
