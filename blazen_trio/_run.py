@@ -594,14 +594,14 @@ class Run:
         # predate it get fresh numbers after the highest kept one.
         self._seq = max([restored.routed_seq, *(work.seq for work in restored.pending)])
         for request in restored.input_requests:
-            (envelope,) = self._envelopes([request], None, quiet=True)
+            (envelope,) = self._envelopes([request], None)
             self.input_requests[request.request_id] = envelope
             self.publish(request)  # announced again: a subscriber with replay sees it
         for work in sorted(restored.pending, key=lambda work: work.seq):
             if work.seq:
                 envelope = Envelope(work.event, work.seq, work.source)
             else:
-                (envelope,) = self._envelopes([work.event], work.source, quiet=True)
+                (envelope,) = self._envelopes([work.event], work.source)
             invocation = Invocation(slots[work.step], envelope, work.attempt)
             if work.children:
                 memos = invocation.own_family().memo
@@ -756,6 +756,7 @@ class Run:
         """Route events that no step committed (the start event, answers), returning the
         invocations ready now; a durable run journals them first, in a task of its own."""
         envelopes = self._envelopes(events, source)
+        self._received(envelopes)
         if self._journal is None:
             return self._route(envelopes)
         assert self._nursery is not None
@@ -981,17 +982,25 @@ class Run:
                 self.fail(invocation.refused)
                 return None
             if error is None:
-                events = self._outputs(invocation, output)
-                if events is None:
+                envelopes = self._outputs(invocation, output)
+                if envelopes is None:
                     return None
                 if self._observed:
                     self._step_completed(invocation, started)
-                envelopes = self._envelopes(events, spec.name)
+                    self._received(envelopes)
                 if self._journal is not None and not await self._journal_commit(
                     self._journal, invocation, envelopes
                 ):
                     return None
-                return self._complete(invocation, envelopes)
+                # Committed now, unless commands wait in the inbox: it keeps their order.
+                invocation.closed = True
+                if self._inbox_backlog:
+                    self._post(QueuedCommit(invocation, envelopes))
+                    return None
+                ready = self.commit(invocation, envelopes)
+                if len(ready) > 1:
+                    self.spawn(ready[1:])
+                return ready[0] if ready else None
             if self._observed:
                 self._step_errored(invocation, error, started)
             self.state.rollback(invocation.undo)
@@ -1058,31 +1067,25 @@ class Run:
         self._record(HistoryKind.STEP_CANCELLED, step=where, detail=text)
         await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
 
-    def _complete(self, invocation: Invocation, envelopes: list[Envelope]) -> Invocation | None:
-        """Commit the outputs of a finished step; returns the worker's next invocation."""
-        invocation.closed = True
-        if self._inbox_backlog:
-            self._post(QueuedCommit(invocation, envelopes))
-            return None
-        ready = self.commit(invocation, envelopes)
-        if not ready:
-            return None
-        if len(ready) > 1:
-            self.spawn(ready[1:])
-        return ready[0]
-
-    def _outputs(self, invocation: Invocation, output: Any) -> list[Event] | None:
-        """Sent events, then the returned ones; None (the run failed) for a wrong return.
-
-        Sent events were checked when sent (`Invocation.send`).
-        """
+    def _outputs(self, invocation: Invocation, output: Any) -> list[Envelope] | None:
+        """Sent events, then the returned ones, numbered; None (the run failed) for a wrong
+        return. Sent events were checked when sent (`Invocation.send`)."""
         spec = invocation.slot.spec
-        if type(output) in spec._emits_checked:  # the usual return: one event, a checked type
-            return [*invocation.sent, output] if invocation.sent else [output]
+        if type(output) in spec._emits_checked and not invocation.sent:  # the usual return
+            self._seq += 1
+            return [Envelope(output, self._seq, spec.name)]
+        events = self._checked_outputs(spec, invocation.sent, output)
+        return None if events is None else self._envelopes(events, spec.name)
+
+    def _checked_outputs(
+        self, spec: StepSpec, sent: list[Event], output: Any
+    ) -> list[Event] | None:
+        if type(output) in spec._emits_checked:
+            return [*sent, output]
         if isinstance(output, Event):
             returned: list[Event] = [output]
         elif output is None:
-            return invocation.sent
+            return sent
         elif isinstance(output, list) and all(isinstance(item, Event) for item in output):
             returned = output
         else:
@@ -1095,7 +1098,7 @@ class Run:
             if problem is not None:
                 self.fail(problem)
                 return None
-        return [*invocation.sent, *returned] if invocation.sent else returned
+        return [*sent, *returned] if sent else returned
 
     # -- routing -------------------------------------------------------------------------
 
@@ -1126,21 +1129,22 @@ class Run:
             self._went_quiet()
         return ready
 
-    def _envelopes(
-        self, events: Iterable[Event], source: str | None, *, quiet: bool = False
-    ) -> list[Envelope]:
-        """Give emitted events their routing order, up to the first StopEvent (which wins);
-        `quiet`: not a new event for the history (restored work)."""
+    def _envelopes(self, events: Iterable[Event], source: str | None) -> list[Envelope]:
+        """Give emitted events their routing order, up to the first StopEvent (which wins)."""
         envelopes: list[Envelope] = []
         for event in events:
             if envelopes and isinstance(envelopes[-1].event, StopEvent):
                 break  # checked before the next event: a lone event costs no check
             self._seq += 1
             envelopes.append(Envelope(event, self._seq, source))
-            if self.history is not None and not quiet:
-                type_id = event_type_id(event)
-                self._record(HistoryKind.EVENT_RECEIVED, step=source, event_type=type_id)
         return envelopes
+
+    def _received(self, envelopes: list[Envelope]) -> None:
+        """New events for the history (restored work is not new)."""
+        if self.history is not None:
+            for envelope in envelopes:
+                type_id = event_type_id(envelope.event)
+                self._record(HistoryKind.EVENT_RECEIVED, step=envelope.source, event_type=type_id)
 
     def _route(self, envelopes: Iterable[Envelope]) -> list[Invocation]:
         ready: list[Invocation] = []
@@ -1535,6 +1539,7 @@ class Run:
         self._record(HistoryKind.INPUT_RECEIVED, detail=request_id)
         self._wake()
         envelopes = self._envelopes([answer], source)
+        self._received(envelopes)
         if self._journal is not None and not await self._write(
             self._journal, answered=request_id, **self._routed_fields(envelopes, source)
         ):
