@@ -971,96 +971,113 @@ class Run:
     # -- one invocation ------------------------------------------------------------------
 
     async def _attempts(self, invocation: Invocation) -> Invocation | None:
+        """Run an invocation until it commits or fails the run, retrying as its step's policy
+        says; returns the worker's next invocation."""
         spec = invocation.slot.spec
         while True:
             started = self._step_started(invocation) if self._observed else 0.0
-            if spec.timeout is None:  # no scope of its own: the worker's is enough
-                error, output = await self._call(invocation)
-            else:
-                error, output = await self._attempt_within(invocation, spec.timeout)
+            error: Exception | None = None
+            try:
+                if spec.context_position is None and spec.timeout is None:
+                    output = await spec.fn(invocation.envelope.event)  # the usual step, inline
+                else:
+                    output = await self._step_call(invocation)
+            except Exception as exc:  # a step's failure is data for the run
+                await self._unwinding(spec.name, exc)
+                error = exc
+            except BaseExceptionGroup as group:  # Cancelled, beside what cleanup raised
+                await self._unwinding(spec.name, group)
+                raise
             if invocation.refused is not None:  # a programming error: never retried
                 self.fail(invocation.refused)
                 return None
-            if error is None:
-                envelopes = self._outputs(invocation, output)
-                if envelopes is None:
-                    return None
-                if self._observed:
-                    self._step_completed(invocation, started)
-                    self._received(envelopes)
-                if self._journal is not None and not await self._journal_commit(
-                    self._journal, invocation, envelopes
-                ):
-                    return None
-                # Committed now, unless commands wait in the inbox: it keeps their order.
-                invocation.closed = True
-                if self._inbox_backlog:
-                    self._post(QueuedCommit(invocation, envelopes))
-                    return None
-                ready = self.commit(invocation, envelopes)
-                if len(ready) > 1:
-                    self.spawn(ready[1:])
-                return ready[0] if ready else None
-            if self._observed:
-                self._step_errored(invocation, error, started)
-            self.state.rollback(invocation.undo)
-            invocation.sent.clear()
-            invocation.family = None  # a retry runs the whole step again, its children too
-            policy = invocation.slot.retry
-            if policy is None or not policy.should_retry(error, invocation.attempt):
+            if error is not None:
+                if await self._retrying(invocation, error, started):
+                    continue
                 self.fail(_failure(spec.name, error))
                 return None
-            invocation.attempt += 1
-            self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt)
-            if self._journal is not None:  # so a recovered run keeps counting attempts
-                self._journal.add(
-                    time.time(),
-                    step=spec.name,
-                    retried=invocation.delivery,
-                    attempt=invocation.attempt,
-                    **self._since_last_record(),
-                )
-            await trio.sleep(policy.delay_before(invocation.attempt))
+            envelopes = self._outputs(invocation, output)
+            if envelopes is None:
+                return None
+            if self._observed:
+                self._step_completed(invocation, started)
+                self._received(envelopes)
+            if self._journal is not None and not await self._journal_commit(
+                self._journal, invocation, envelopes
+            ):
+                return None
+            # Committed now, unless commands wait in the inbox: it keeps their order.
+            invocation.closed = True
+            if self._inbox_backlog:
+                self._post(QueuedCommit(invocation, envelopes))
+                return None
+            ready = self.commit(invocation, envelopes)
+            if len(ready) > 1:
+                self.spawn(ready[1:])
+            return ready[0] if ready else None
 
-    async def _attempt_within(
-        self, invocation: Invocation, seconds: float
-    ) -> tuple[Exception | None, Any]:
-        """One attempt under the step's timeout, in a cancel scope of its own."""
-        with trio.CancelScope() as scope:
-            scope.relative_deadline = seconds
-            return await self._call(invocation)
-        assert scope.cancelled_caught
-        return StepTimeout(invocation.slot.spec.name, seconds), None
+    def _step_call(self, invocation: Invocation) -> Awaitable[Any]:
+        """This attempt's call of the step, to await: with its context, under its timeout.
 
-    async def _call(self, invocation: Invocation) -> tuple[Exception | None, Any]:
-        """One call of the step: its output, or its exception as data for the run.
-
-        A step being cancelled (pause, abort, a timeout) whose cleanup raises is still being
-        cancelled: the cleanup error is recorded and the cancellation goes on.
+        Built here and awaited by `_attempts` itself, so a step with no timeout costs no
+        coroutine of the engine's between the worker and the step.
         """
         spec = invocation.slot.spec
         event = invocation.envelope.event
-        try:
-            if spec.context_position is None:
-                return None, await spec.fn(event)
-            ctx = Context._create(self, invocation)
-            if spec.context_position == 0:
-                return None, await spec.fn(ctx, event)
-            return None, await spec.fn(event, ctx)
-        except Exception as exc:  # a step's failure is data for the run
-            if _being_cancelled():
-                await self._cancelled_with(spec.name, exc)
-            return exc, None
-        except BaseExceptionGroup as group:  # Cancelled, beside what cleanup raised
-            errors = group.split(trio.Cancelled)[1]
-            if errors is None or not _being_cancelled():
-                raise
-            await self._cancelled_with(spec.name, errors)
-            raise  # not reached: the line above raised Cancelled
+        if spec.context_position is None:
+            call = spec.fn(event)
+        elif spec.context_position == 0:
+            call = spec.fn(Context._create(self, invocation), event)
+        else:
+            call = spec.fn(event, Context._create(self, invocation))
+        return call if spec.timeout is None else self._within(call, spec.name, spec.timeout)
 
-    async def _cancelled_with(self, where: str, error: BaseException) -> None:
-        """Record what a cancelled step's cleanup raised, then go on being cancelled."""
-        text = f"{where!r} raised while being cancelled: {_describe(error)}"
+    async def _within(self, call: Awaitable[Any], step_name: str, seconds: float) -> Any:
+        """Await a step's call in a cancel scope of its own; StepTimeout when it expires."""
+        with trio.move_on_after(seconds) as scope:
+            try:
+                return await call
+            except (Exception, BaseExceptionGroup) as error:  # inside the scope it timed out
+                await self._unwinding(step_name, error)
+                raise
+        assert scope.cancelled_caught
+        raise StepTimeout(step_name, seconds)
+
+    async def _retrying(self, invocation: Invocation, error: Exception, started: float) -> bool:
+        """Undo a failed attempt; if the step's policy retries it, count the attempt and wait
+        its delay (True), else False."""
+        spec = invocation.slot.spec
+        if self._observed:
+            self._step_errored(invocation, error, started)
+        self.state.rollback(invocation.undo)
+        invocation.sent.clear()
+        invocation.family = None  # a retry runs the whole step again, its children too
+        policy = invocation.slot.retry
+        if policy is None or not policy.should_retry(error, invocation.attempt):
+            return False
+        invocation.attempt += 1
+        self._record(HistoryKind.STEP_RETRIED, step=spec.name, attempt=invocation.attempt)
+        if self._journal is not None:  # so a recovered run keeps counting attempts
+            self._journal.add(
+                time.time(),
+                step=spec.name,
+                retried=invocation.delivery,
+                attempt=invocation.attempt,
+                **self._since_last_record(),
+            )
+        await trio.sleep(policy.delay_before(invocation.attempt))
+        return True
+
+    async def _unwinding(self, where: str, error: BaseException) -> None:
+        """A step (or input handler) being cancelled whose cleanup raised is still being
+        cancelled: record what it raised and go on being cancelled (this raises Cancelled).
+        Returns if it is not being cancelled or raised nothing but Cancelled."""
+        raised: BaseException | None = error
+        if isinstance(error, BaseExceptionGroup):
+            raised = error.split(trio.Cancelled)[1]
+        if raised is None or not _being_cancelled():
+            return
+        text = f"{where!r} raised while being cancelled: {_describe(raised)}"
         assert self._nursery is not None
         if self._nursery.cancel_scope.cancel_called:  # the run is ending (abort, timeout)
             self._end_notes += (text,)
@@ -1498,15 +1515,12 @@ class Run:
             try:
                 response = await handler(request)
             except Exception as exc:  # the handler's failure fails the run, chained
-                if _being_cancelled():
-                    await self._cancelled_with(INPUT_HANDLER, exc)
+                await self._unwinding(INPUT_HANDLER, exc)
                 self.fail(_failure("input_handler", exc))
                 return
             except BaseExceptionGroup as group:  # Cancelled, beside what cleanup raised
-                errors = group.split(trio.Cancelled)[1]
-                if errors is None or not _being_cancelled():
-                    raise
-                await self._cancelled_with(INPUT_HANDLER, errors)
+                await self._unwinding(INPUT_HANDLER, group)
+                raise
         if self._answering.get(request.request_id) is scope:
             del self._answering[request.request_id]
         envelope = self.input_requests.get(request.request_id)
