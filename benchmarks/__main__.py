@@ -1,8 +1,9 @@
 """`python -m benchmarks`: measure blazen_trio, the Trio floor and the peers; print, save JSON.
 
 Jobs run one after another (never in parallel, so they do not share the CPU): the floor and the
-engine in this process (fresh-process scenarios in a child), each peer in a subprocess of its
-own venv. Exit status 1 if the floor or the engine failed a job; peers never fail the suite.
+engine in this process, their rounds interleaved (fresh-process scenarios: one child each, one
+after the other), each peer in a subprocess of its own venv. Exit status 1 if the floor or the
+engine failed a job; peers never fail the suite.
 """
 
 import argparse
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks._child import load_scenarios
-from benchmarks._measure import Job, measure_job
+from benchmarks._measure import Job, Prepare, measure_side_by_side
 from benchmarks._peers import DEFAULT_PEERS_DIR, FoundPeer, find_peers, run_child, setup_peers
 from benchmarks._pgserver import Cluster, ServerUnavailable, bench_server
 from benchmarks._plan import (
@@ -42,6 +43,9 @@ from benchmarks._report import (
     report_json,
     write_json,
 )
+
+IMPLS = {FLOOR: "floor", ENGINE: "engine"}
+"""Our own columns, and what `load_scenarios` calls each."""
 
 CHILD_SLACK_S = 10.0
 """Our own children stop themselves at the job timeout; the kill comes this much later."""
@@ -107,17 +111,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _own_answer(impl: str, plan: Plan, job: Job) -> Answer:
-    """The floor's or the engine's answer for one job, in this process or a fresh one."""
+def _own_answers(plan: Plan, job: Job, columns: Sequence[str]) -> dict[str, Answer]:
+    """The floor's and the engine's answers for one job: their rounds interleaved in this
+    process, so a change in the machine's speed weighs on both alike; a fresh-process
+    scenario runs one child per column, one after the other."""
+    impls = {column: IMPLS[column] for column in columns}
     if plan.scenario in FRESH_PROCESS:
         # The child stops itself at the job's deadline; the kill is only a backstop.
         backstop = job["timeout_s"] + CHILD_SLACK_S
-        return run_child(sys.executable, "benchmarks._child", {**job, "impl": impl}, backstop)
-    scenarios = load_scenarios(impl)
-    if isinstance(scenarios, str):
-        return {"unsupported": scenarios}
+        return {
+            column: run_child(sys.executable, "benchmarks._child", {**job, "impl": impl}, backstop)
+            for column, impl in impls.items()
+        }
+    answers: dict[str, Answer] = {}
+    prepares: dict[str, Prepare] = {}
+    for column, impl in impls.items():
+        scenarios = load_scenarios(impl)
+        if isinstance(scenarios, str):
+            answers[column] = {"unsupported": scenarios}
+        else:
+            prepares[column] = scenarios[plan.scenario]
     gc.collect()
-    return measure_job(scenarios[plan.scenario], job, API[plan.scenario])
+    answers.update(measure_side_by_side(prepares, job, API[plan.scenario]))
+    return answers
 
 
 def _progress(plan: Plan, column: str, answer: Answer, started: float) -> None:
@@ -164,12 +180,16 @@ def collect(
     for plan in selected:
         no_server = server if plan.scenario == "scaleout" and isinstance(server, str) else None
         job = _job(plan, mode, rounds, mode.own_timeout_s(plan.scenario), server)
-        for column, impl in ((FLOOR, "floor"), (ENGINE, "engine")):
-            if _runs(plan, column, None):
-                started = time.perf_counter()
-                own: Answer = {"missing": no_server} if no_server else _own_answer(impl, plan, job)
-                results[column][plan.key] = add_stats(own)
-                _progress(plan, column, results[column][plan.key], started)
+        columns = [column for column in IMPLS if _runs(plan, column, None)]
+        started = time.perf_counter()
+        own: dict[str, Answer] = (
+            {column: {"missing": no_server} for column in columns}
+            if no_server
+            else _own_answers(plan, job, columns)
+        )
+        for column in columns:
+            results[column][plan.key] = add_stats(own[column])
+            _progress(plan, column, results[column][plan.key], started)
         timeout_s = mode.peer_timeout(plan.scenario)
         peer_job = _job(plan, mode, rounds, timeout_s, server)
         for found in peers:

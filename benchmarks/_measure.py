@@ -47,24 +47,45 @@ class TimedOut(Exception):
 
 
 def run_rounds(
-    one_round: Callable[[], Metrics], *, rounds: int, warmup: int, budget_s: float
-) -> Samples:
-    """Run `warmup` discarded rounds then up to `rounds` kept ones, within `budget_s`.
+    rounds_of: dict[str, Callable[[], Metrics]],
+    *,
+    rounds: int,
+    warmup: int,
+    budget_s: float,
+    failed: Callable[[str, Exception], None],
+) -> dict[str, Samples]:
+    """Run `warmup` discarded rounds then up to `rounds` kept ones of each implementation in
+    `rounds_of`, interleaved (A, B, A, B, ...), within `budget_s`.
 
-    No new round starts once `budget_s` has elapsed and one round is kept, so a slow
-    (quadratic) engine still yields a figure instead of blowing the suite's time.
+    Interleaved so that a change in the machine's speed during the job weighs on every
+    implementation alike: their ratio is taken from rounds run side by side. No new round
+    starts once `budget_s` has elapsed and one round is kept, so a slow (quadratic) engine
+    still yields a figure instead of blowing the suite's time. A round that raises drops its
+    implementation (`failed` gets the exception); the others go on.
     """
-    samples: Samples = {}
+    samples: dict[str, Samples] = {name: {} for name in rounds_of}
+    running = dict(rounds_of)
     kept = 0
     started = time.perf_counter()
     for index in range(warmup + rounds):
-        round_started = time.perf_counter()
-        metrics = one_round()
-        slow = time.perf_counter() - round_started > WARMUP_MATTERS_S
+        figures: dict[str, Metrics] = {}
+        slow = False
+        for name, one_round in list(running.items()):
+            round_started = time.perf_counter()
+            try:
+                figures[name] = one_round()
+            except Exception as exc:
+                del running[name], samples[name]
+                failed(name, exc)
+                continue
+            slow = slow or time.perf_counter() - round_started > WARMUP_MATTERS_S
+        if not running:
+            break
         if index >= warmup or slow:
             kept += 1
-            for name, value in metrics.items():
-                samples.setdefault(name, []).append(value)
+            for name, metrics in figures.items():
+                for metric, value in metrics.items():
+                    samples[name].setdefault(metric, []).append(value)
         over_budget = time.perf_counter() - started > budget_s or remaining_s() <= 0
         if kept >= rounds or (kept and over_budget):
             break
@@ -111,27 +132,53 @@ def measure_job(prepare: Prepare, job: Job, api: str) -> dict[str, object]:
 
     A failing engine yields a row that says why instead of ending the whole suite.
     """
+    return measure_side_by_side({api: prepare}, job, api)[api]
+
+
+def measure_side_by_side(
+    prepares: dict[str, Prepare], job: Job, api: str
+) -> dict[str, dict[str, object]]:
+    """The answers of several implementations of one job (the floor and the engine), their
+    rounds interleaved; the job's time limit and budget are per implementation."""
     timeout_s = job.get("timeout_s", math.inf)
-    token = _deadline.set(time.perf_counter() + timeout_s)
+    answers: dict[str, dict[str, object]] = {}
+
+    def failed(name: str, exc: Exception) -> None:
+        answers[name] = _why_not(exc, api, timeout_s)
+
+    token = _deadline.set(time.perf_counter() + timeout_s * len(prepares))
     try:
-        one_round = prepare(job)
+        rounds_of: dict[str, Callable[[], Metrics]] = {}
+        for name, prepare in prepares.items():
+            try:
+                rounds_of[name] = prepare(job)
+            except Exception as exc:
+                failed(name, exc)
         samples = run_rounds(
-            one_round, rounds=job["rounds"], warmup=job["warmup"], budget_s=job["budget_s"]
+            rounds_of,
+            rounds=job["rounds"],
+            warmup=job["warmup"],
+            budget_s=job["budget_s"] * len(rounds_of),
+            failed=failed,
         )
-    except TimedOut:
-        return {"timeout": f"timeout >{timeout_s:.0f}s"}
-    except GaveUp as exc:
-        return {"gave_up": str(exc)}
-    except Unsupported as exc:
-        return {"unsupported": str(exc)}
-    except Exception as exc:
-        missing = missing_api(exc)
-        if missing is not None:
-            return {"unsupported": f"engine lacks {api}: {missing}"}
-        return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         _deadline.reset(token)
-    return {"samples": samples}
+    answers.update((name, {"samples": figures}) for name, figures in samples.items())
+    return answers
+
+
+def _why_not(exc: Exception, api: str, timeout_s: float) -> dict[str, object]:
+    """Why a job has no figures, from what its set-up or a round raised."""
+    if isinstance(exc, TimedOut):
+        return {"timeout": f"timeout >{timeout_s:.0f}s"}
+    if isinstance(exc, GaveUp):
+        return {"gave_up": str(exc)}
+    if isinstance(exc, Unsupported):
+        return {"unsupported": str(exc)}
+    missing = missing_api(exc)
+    if missing is not None:
+        return {"unsupported": f"engine lacks {api}: {missing}"}
+    return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def peak_rss_kib() -> float:

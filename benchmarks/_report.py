@@ -41,7 +41,8 @@ FLOOR_NAMES = {
 METHOD = {
     "time": "wall time (time.perf_counter) of the measured part of each round; the figure is "
     "the median of the kept rounds, [min-max] their spread; each round runs in its own event "
-    "loop (trio.run / asyncio.run)",
+    "loop (trio.run / asyncio.run); the floor's and blazen_trio's rounds alternate within a "
+    "job, except in the fresh-process jobs (concurrent runs, scale-out)",
     "memory": "RSS growth (/proc/self/statm; getrusage ru_maxrss where /proc is missing) from "
     "before the runs to the moment all of them are parked inside their step at once (their "
     "peak), divided by the number of runs; in a fresh process per engine, after 100 warm-up "
