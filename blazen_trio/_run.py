@@ -594,14 +594,13 @@ class Run:
         # predate it get fresh numbers after the highest kept one.
         self._seq = max([restored.routed_seq, *(work.seq for work in restored.pending)])
         for request in restored.input_requests:
-            (envelope,) = self._envelopes([request], None)
-            self.input_requests[request.request_id] = envelope
+            self.input_requests[request.request_id] = self._envelope(request, None)
             self.publish(request)  # announced again: a subscriber with replay sees it
         for work in sorted(restored.pending, key=lambda work: work.seq):
             if work.seq:
                 envelope = Envelope(work.event, work.seq, work.source)
             else:
-                (envelope,) = self._envelopes([work.event], work.source)
+                envelope = self._envelope(work.event, work.source)
             invocation = Invocation(slots[work.step], envelope, work.attempt)
             if work.children:
                 memos = invocation.own_family().memo
@@ -1089,7 +1088,7 @@ class Run:
         return. Sent events were checked when sent (`Invocation.send`)."""
         spec = invocation.slot.spec
         if type(output) in spec._emits_checked and not invocation.sent:  # the usual return
-            self._seq += 1
+            self._seq += 1  # `_envelope`, inline: the call would be 2% of a chain step
             return [Envelope(output, self._seq, spec.name)]
         events = self._checked_outputs(spec, invocation.sent, output)
         return None if events is None else self._envelopes(events, spec.name)
@@ -1097,8 +1096,6 @@ class Run:
     def _checked_outputs(
         self, spec: StepSpec, sent: list[Event], output: Any
     ) -> list[Event] | None:
-        if type(output) in spec._emits_checked:
-            return [*sent, output]
         if isinstance(output, Event):
             returned: list[Event] = [output]
         elif output is None:
@@ -1152,9 +1149,13 @@ class Run:
         for event in events:
             if envelopes and isinstance(envelopes[-1].event, StopEvent):
                 break  # checked before the next event: a lone event costs no check
-            self._seq += 1
-            envelopes.append(Envelope(event, self._seq, source))
+            envelopes.append(self._envelope(event, source))
         return envelopes
+
+    def _envelope(self, event: Event, source: str | None) -> Envelope:
+        """An event with the next routing order."""
+        self._seq += 1
+        return Envelope(event, self._seq, source)
 
     def _received(self, envelopes: list[Envelope]) -> None:
         """New events for the history (restored work is not new)."""
